@@ -1,0 +1,270 @@
+#include "common/config.h"
+
+#include <functional>
+#include <map>
+
+#include <toml++/toml.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/size_parse.h"
+
+namespace sparsekv {
+namespace {
+
+// One option, reachable as a config key ("pool.size") and a flag ("--pool-size").
+struct Option {
+  const char* key;
+  const char* flag;
+  const char* help;
+  // Applies a textual value (from a flag or a stringified TOML value).
+  std::function<absl::Status(DaemonConfig*, const std::string&)> set;
+  bool is_bool = false;
+};
+
+absl::Status SetInt(const std::string& name, const std::string& v, int64_t lo, int64_t hi,
+                    int64_t* out) {
+  int64_t x;
+  if (!absl::SimpleAtoi(v, &x) || x < lo || x > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: '%s' is not a whole number in [%d, %d]", name, v, lo, hi));
+  }
+  *out = x;
+  return absl::OkStatus();
+}
+
+absl::Status SetSize(const std::string& name, const std::string& v, int64_t* out) {
+  auto size = ParseSize(v);
+  if (!size.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", size.status().message()));
+  *out = *size;
+  return absl::OkStatus();
+}
+
+absl::Status SetBool(const std::string& name, const std::string& v, bool* out) {
+  if (v == "true" || v == "1" || v == "yes") *out = true;
+  else if (v == "false" || v == "0" || v == "no") *out = false;
+  else return absl::InvalidArgumentError(absl::StrFormat("%s: '%s' is not true or false", name, v));
+  return absl::OkStatus();
+}
+
+const std::vector<Option>& Options() {
+  static const auto* options = new std::vector<Option>{
+      {"pool.size", "--pool-size", "pool size, like 512MiB or 4GiB (default: 1/4 of available memory, at most 4GiB)",
+       [](DaemonConfig* c, const std::string& v) { return SetSize("pool.size", v, &c->pool_bytes); }},
+      {"pool.backing", "--backing", "memfd | file:PATH | hugetlbfs:PATH | devdax:/dev/daxX.Y | numa:N (default memfd)",
+       [](DaemonConfig* c, const std::string& v) { c->backing = v; return absl::OkStatus(); }},
+      {"pool.page_size", "--page-size", "pool page size, a multiple of 64 bytes (default 256KiB)",
+       [](DaemonConfig* c, const std::string& v) { return SetSize("pool.page_size", v, &c->page_bytes); }},
+      {"pool.prefault", "--prefault", "reserve and touch the whole pool at start-up (default true)",
+       [](DaemonConfig* c, const std::string& v) { return SetBool("pool.prefault", v, &c->prefault); }, true},
+      {"listen.tcp", "--listen", "HOST:PORT of the gRPC control plane; port 0 picks one; \"\" disables (default 127.0.0.1:7370)",
+       [](DaemonConfig* c, const std::string& v) { c->listen = v; return absl::OkStatus(); }},
+      {"listen.unix", "--unix-socket", "path of the gRPC Unix socket; \"none\" disables (default RUNTIME_DIR/control.sock)",
+       [](DaemonConfig* c, const std::string& v) { c->unix_socket = v; return absl::OkStatus(); }},
+      {"runtime.dir", "--runtime-dir", "directory for sockets (default /run/sparsekvd as root, else per user)",
+       [](DaemonConfig* c, const std::string& v) { c->runtime_dir = v; return absl::OkStatus(); }},
+      {"runtime.ready_file", "--ready-file", "file written with the bound port once every listener is up",
+       [](DaemonConfig* c, const std::string& v) { c->ready_file = v; return absl::OkStatus(); }},
+      {"leases.lease_ms", "--lease-ms", "lease length in milliseconds (default 10000)",
+       [](DaemonConfig* c, const std::string& v) { return SetInt("leases.lease_ms", v, 100, 3600000, &c->lease_ms); }},
+      {"leases.reap_interval_ms", "--reap-interval-ms", "how often expired leases, TTLs and quarantined pages are processed (default 200)",
+       [](DaemonConfig* c, const std::string& v) { return SetInt("leases.reap_interval_ms", v, 10, 60000, &c->reap_interval_ms); }},
+      {"eviction.policy", "--eviction-policy", "lru (default)",
+       [](DaemonConfig* c, const std::string& v) {
+         if (v != "lru") return absl::InvalidArgumentError(absl::StrFormat("eviction.policy: unknown policy '%s' (known: lru)", v));
+         c->eviction_policy = v;
+         return absl::OkStatus();
+       }},
+      {"limits.max_regions", "--max-regions", "regions the daemon holds at most (default 65536)",
+       [](DaemonConfig* c, const std::string& v) { return SetInt("limits.max_regions", v, 1, int64_t{1} << 30, &c->limits.max_regions); }},
+      {"limits.max_layers", "--max-layers", "layers of one region at most (default 512)",
+       [](DaemonConfig* c, const std::string& v) {
+         int64_t x; auto s = SetInt("limits.max_layers", v, 1, 1 << 16, &x); c->limits.max_layers = static_cast<int32_t>(x); return s; }},
+      {"limits.max_entry_bytes", "--max-entry-bytes", "entry size at most (default 65536)",
+       [](DaemonConfig* c, const std::string& v) {
+         int64_t x; auto s = SetInt("limits.max_entry_bytes", v, 1, 1 << 24, &x); c->limits.max_entry_bytes = static_cast<int32_t>(x); return s; }},
+      {"limits.max_capacity_tokens", "--max-capacity-tokens", "tokens of one region's layer at most (default 4194304)",
+       [](DaemonConfig* c, const std::string& v) { return SetInt("limits.max_capacity_tokens", v, 1, int64_t{1} << 32, &c->limits.max_capacity_tokens); }},
+      {"limits.max_key_bytes", "--max-key-bytes", "region key length at most (default 256)",
+       [](DaemonConfig* c, const std::string& v) {
+         int64_t x; auto s = SetInt("limits.max_key_bytes", v, 1, 4096, &x); c->limits.max_key_bytes = static_cast<int32_t>(x); return s; }},
+      {"log.level", "--log-level", "debug | info | warning | error (default info)",
+       [](DaemonConfig* c, const std::string& v) {
+         if (!ParseLogLevel(v, &c->log_level)) return absl::InvalidArgumentError(absl::StrFormat("log.level: unknown level '%s'", v));
+         return absl::OkStatus();
+       }},
+  };
+  return *options;
+}
+
+const Option* FindByKey(std::string_view key) {
+  for (const auto& o : Options()) if (key == o.key) return &o;
+  return nullptr;
+}
+const Option* FindByFlag(std::string_view flag) {
+  for (const auto& o : Options()) if (flag == o.flag) return &o;
+  return nullptr;
+}
+
+// TOML scalars as the text a flag would carry.
+absl::StatusOr<std::string> ScalarText(const std::string& key, const toml::node& node) {
+  if (auto s = node.value<std::string>(); s && node.is_string()) return *s;
+  if (node.is_integer()) return absl::StrCat(*node.value<int64_t>());
+  if (node.is_boolean()) return std::string(*node.value<bool>() ? "true" : "false");
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s: expected a string, integer or boolean, got a %s", key,
+      node.is_table() ? "table" : node.is_array() ? "array" : "floating-point or date value"));
+}
+
+}  // namespace
+
+absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    return absl::InvalidArgumentError(absl::StrFormat("config %s:%d:%d: %s", path, where.line,
+                                                      where.column, e.description()));
+  }
+  for (const auto& [section, node] : root) {
+    const toml::table* table = node.as_table();
+    if (table == nullptr) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "config %s: top-level key '%s' must be a section like [pool]", path, std::string(section.str())));
+    }
+    for (const auto& [name, value] : *table) {
+      std::string key = std::string(section.str()) + "." + std::string(name.str());
+      const Option* option = FindByKey(key);
+      if (option == nullptr) {
+        return absl::InvalidArgumentError(absl::StrFormat("config %s: unknown key '%s'", path, key));
+      }
+      auto text = ScalarText(key, value);
+      if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", text.status().message()));
+      if (auto s = option->set(config, *text); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", s.message()));
+      }
+    }
+  }
+  config->config_file = path;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DaemonConfig> ParseDaemonArgs(const std::vector<std::string>& args, bool* help) {
+  DaemonConfig config;
+  *help = false;
+  // Pass 1: --help and --config.
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") {
+      *help = true;
+      return config;
+    }
+    std::string value;
+    if (args[i] == "--config") {
+      if (i + 1 >= args.size()) return absl::InvalidArgumentError("--config needs a FILE");
+      value = args[++i];
+    } else if (args[i].rfind("--config=", 0) == 0) {
+      value = args[i].substr(9);
+    } else {
+      continue;
+    }
+    if (auto s = LoadConfigFile(value, &config); !s.ok()) return s;
+  }
+  // Pass 2: every other flag, in order.
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string flag = args[i], value;
+    bool has_value = false;
+    if (auto eq = flag.find('='); eq != std::string::npos && flag.rfind("--", 0) == 0) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_value = true;
+    }
+    if (flag == "--config") {
+      if (!has_value) ++i;
+      continue;
+    }
+    const Option* option = FindByFlag(flag);
+    if (option == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("unknown option '%s' (see sparsekvd --help)", args[i]));
+    }
+    if (!has_value) {
+      if (option->is_bool && (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)) {
+        value = "true";
+      } else if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrFormat("option %s needs a value", flag));
+      } else {
+        value = args[++i];
+      }
+    }
+    if (auto s = option->set(&config, value); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, " (", s.message(), ")"));
+    }
+  }
+  if (auto s = ValidateConfig(config); !s.ok()) return s;
+  return config;
+}
+
+std::string DaemonUsage() {
+  std::string out =
+      "usage: sparsekvd [--config FILE] [options]\n"
+      "\n"
+      "sparsekvd serves latent-cache regions from a memory pool (memfd, file, hugetlbfs,\n"
+      "device-dax CXL memory or a CXL NUMA node) to sparsekv clients, with a gRPC control plane.\n"
+      "Flags override the config file; each flag's config key is shown in brackets.\n\n"
+      "options:\n"
+      "  --config FILE            TOML config file (see deploy/sparsekvd.toml)\n";
+  for (const auto& o : Options()) {
+    absl::StrAppendFormat(&out, "  %-24s %s [%s]\n", absl::StrCat(o.flag, o.is_bool ? "" : " V"),
+                          o.help, o.key);
+  }
+  out += "  --check-config           validate the config, print the effective config, exit\n";
+  out += "  --help                   this text\n";
+  return out;
+}
+
+absl::Status ValidateConfig(const DaemonConfig& c) {
+  if (c.page_bytes < 4096 || c.page_bytes % 4096 != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "pool.page_size: %d is not a positive multiple of 4096 bytes", c.page_bytes));
+  }
+  if (c.pool_bytes != 0 && c.pool_bytes < c.page_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "pool.size: %d bytes is smaller than one page (%d bytes)", c.pool_bytes, c.page_bytes));
+  }
+  if (c.limits.max_entry_bytes > c.page_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "limits.max_entry_bytes: %d does not fit in one pool page of %d bytes",
+        c.limits.max_entry_bytes, c.page_bytes));
+  }
+  if (c.listen.empty() && c.unix_socket == "none") {
+    return absl::InvalidArgumentError("listen.tcp and listen.unix are both disabled: no control plane");
+  }
+  if (c.reap_interval_ms * 2 > c.lease_ms) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "leases.reap_interval_ms: %d must be at most half of leases.lease_ms (%d)",
+        c.reap_interval_ms, c.lease_ms));
+  }
+  return absl::OkStatus();
+}
+
+std::string DescribeConfig(const DaemonConfig& c) {
+  auto q = [](const std::string& s) { return absl::StrCat("\"", s, "\""); };
+  static constexpr const char* kLevels[] = {"debug", "info", "warning", "error"};
+  return absl::StrCat(
+      "[pool]\n", "size = ", q(c.pool_bytes == 0 ? std::string("auto") : absl::StrCat(c.pool_bytes)), "\n",
+      "backing = ", q(c.backing), "\n", "page_size = ", q(absl::StrCat(c.page_bytes)), "\n",
+      "prefault = ", c.prefault ? "true" : "false", "\n\n",
+      "[listen]\n", "tcp = ", q(c.listen), "\n", "unix = ", q(c.unix_socket), "\n\n",
+      "[runtime]\n", "dir = ", q(c.runtime_dir), "\n", "ready_file = ", q(c.ready_file), "\n\n",
+      "[leases]\n", "lease_ms = ", c.lease_ms, "\n", "reap_interval_ms = ", c.reap_interval_ms, "\n\n",
+      "[eviction]\n", "policy = ", q(c.eviction_policy), "\n\n",
+      "[limits]\n", "max_regions = ", c.limits.max_regions, "\n", "max_layers = ", c.limits.max_layers,
+      "\n", "max_entry_bytes = ", c.limits.max_entry_bytes, "\n", "max_capacity_tokens = ",
+      c.limits.max_capacity_tokens, "\n", "max_key_bytes = ", c.limits.max_key_bytes, "\n\n",
+      "[log]\n", "level = ", q(kLevels[static_cast<int>(c.log_level)]), "\n");
+}
+
+}  // namespace sparsekv

@@ -1,0 +1,72 @@
+// DaemonConfig is everything sparsekvd is told at start-up: from built-in defaults, then the
+// TOML config file (--config FILE), then command-line flags, each overriding the one before.
+//
+// Unknown keys, unknown flags and bad values are errors that name the key or flag and the value;
+// the daemon never starts on a config it only half understood. See deploy/sparsekvd.toml for
+// the documented file.
+#ifndef SPARSEKV_COMMON_CONFIG_H_
+#define SPARSEKV_COMMON_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/log.h"
+
+namespace sparsekv {
+
+struct Limits {
+  int64_t max_regions = 65536;
+  int32_t max_layers = 512;
+  int32_t max_entry_bytes = 65536;
+  int64_t max_capacity_tokens = int64_t{4} << 20;  // 4M tokens per layer
+  int32_t max_key_bytes = 256;
+  int32_t max_list = 10000;      // regions in one ListRegions reply
+  int32_t max_lease_ids = 4096;  // leases in one Renew/Release request
+};
+
+struct DaemonConfig {
+  // [pool]
+  int64_t pool_bytes = 0;             // 0: sized to fit the machine at start-up
+  std::string backing = "memfd";      // memfd | file:PATH | hugetlbfs:PATH | devdax:/dev/daxX.Y | numa:N
+  int64_t page_bytes = 256 * 1024;
+  bool prefault = true;               // reserve and touch the whole pool at start-up
+  // [listen]
+  std::string listen = "127.0.0.1:7370";  // TCP control plane; "" disables
+  std::string unix_socket;                // "" : <runtime_dir>/control.sock; "none" disables
+  // [runtime]
+  std::string runtime_dir;            // "" : /run/sparsekvd as root, else $XDG_RUNTIME_DIR/sparsekvd or /tmp/sparsekvd-UID
+  std::string ready_file;             // written with {"port":N,...} once every listener is up
+  // [leases]
+  int64_t lease_ms = 10000;
+  int64_t reap_interval_ms = 200;     // TTL expiry, lease expiry and quarantine reclaim
+  // [eviction]
+  std::string eviction_policy = "lru";
+  // [limits]
+  Limits limits;
+  // [log]
+  LogLevel log_level = LogLevel::kInfo;
+
+  std::string config_file;            // where the file values came from, if anywhere
+};
+
+// Reads a TOML config file over `config`. Errors name the file, the key and the value.
+absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config);
+
+// Parses argv: --config FILE is read first wherever it stands, then every other flag overrides it.
+// Sets *help when --help was given (and returns OK without validating further).
+absl::StatusOr<DaemonConfig> ParseDaemonArgs(const std::vector<std::string>& args, bool* help);
+
+// The --help text: every option, its config key and default.
+std::string DaemonUsage();
+
+// Checks cross-field constraints (page size vs. cache lines, lease bounds, ...).
+absl::Status ValidateConfig(const DaemonConfig& config);
+
+// The effective config as TOML, for logs and `--check-config`.
+std::string DescribeConfig(const DaemonConfig& config);
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_COMMON_CONFIG_H_

@@ -1,0 +1,44 @@
+// ControlService is the gRPC face of the RegionTable: it converts requests and statuses at the
+// edge and nothing else, so every rule lives in the table.
+#ifndef SPARSEKV_SERVER_CONTROL_SERVICE_H_
+#define SPARSEKV_SERVER_CONTROL_SERVICE_H_
+
+#include "server/region_table.h"
+#include "sparsekv/v1/control.grpc.pb.h"
+
+namespace sparsekv {
+
+class ControlService final : public v1::Control::Service {
+ public:
+  explicit ControlService(RegionTable* table) : table_(table) {}
+
+  grpc::Status CreateRegion(grpc::ServerContext*, const v1::CreateRegionRequest* request,
+                            v1::OpenRegionResponse* response) override;
+  grpc::Status OpenRegion(grpc::ServerContext*, const v1::OpenRegionRequest* request,
+                          v1::OpenRegionResponse* response) override;
+  grpc::Status ExtendRegion(grpc::ServerContext*, const v1::ExtendRegionRequest* request,
+                            v1::ExtendRegionResponse* response) override;
+  grpc::Status CommitRegion(grpc::ServerContext*, const v1::CommitRegionRequest* request,
+                            v1::CommitRegionResponse* response) override;
+  grpc::Status RenewLeases(grpc::ServerContext*, const v1::RenewLeasesRequest* request,
+                           v1::RenewLeasesResponse* response) override;
+  grpc::Status ReleaseLeases(grpc::ServerContext*, const v1::ReleaseLeasesRequest* request,
+                             v1::ReleaseLeasesResponse* response) override;
+  grpc::Status DeleteRegion(grpc::ServerContext*, const v1::DeleteRegionRequest* request,
+                            v1::DeleteRegionResponse* response) override;
+  grpc::Status ListRegions(grpc::ServerContext*, const v1::ListRegionsRequest* request,
+                           v1::ListRegionsResponse* response) override;
+  grpc::Status GetRegion(grpc::ServerContext*, const v1::GetRegionRequest* request,
+                         v1::RegionInfo* response) override;
+  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest* request,
+                     v1::StatsResponse* response) override;
+  grpc::Status Evict(grpc::ServerContext*, const v1::EvictRequest* request,
+                     v1::EvictResponse* response) override;
+
+ private:
+  RegionTable* table_;
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_SERVER_CONTROL_SERVICE_H_

@@ -1,0 +1,241 @@
+// sparsekvd: the sparsekv memory-pool daemon.
+//
+// Start-up is all or nothing: parse config, map and reserve the pool, start the descriptor
+// socket and every gRPC listener, then write the ready file and log "ready". Any failure on the
+// way is one clear log line and a non-zero exit. SIGTERM/SIGINT stop it cleanly.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/size_parse.h"
+#include "common/version.h"
+#include "server/control_service.h"
+#include "server/eviction.h"
+#include "server/pool.h"
+#include "server/region_table.h"
+#include "server/transports/shm_server.h"
+
+namespace sparsekv {
+namespace {
+
+constexpr char kLog[] = "sparsekvd";
+
+std::string DefaultRuntimeDir() {
+  if (geteuid() == 0) return "/run/sparsekvd";
+  if (const char* xdg = getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
+    return absl::StrCat(xdg, "/sparsekvd");
+  }
+  return absl::StrFormat("/tmp/sparsekvd-%d", geteuid());
+}
+
+absl::Status MakeDirs(const std::string& path) {
+  for (size_t pos = 1; pos != std::string::npos;) {
+    pos = path.find('/', pos + 1);
+    std::string prefix = path.substr(0, pos);
+    if (mkdir(prefix.c_str(), 0750) != 0 && errno != EEXIST) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("cannot create runtime directory %s: %s", prefix, std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteReadyFile(const std::string& path, int port, const std::string& unix_socket,
+                            const std::string& pool_socket) {
+  std::string tmp = absl::StrCat(path, ".tmp");
+  {
+    std::ofstream out(tmp);
+    out << absl::StrFormat(
+        "{\"port\":%d,\"unix_socket\":\"%s\",\"pool_socket\":\"%s\",\"pid\":%d}\n", port,
+        unix_socket, pool_socket, getpid());
+    if (!out) return absl::FailedPreconditionError(absl::StrCat("cannot write ready file ", tmp));
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot rename ready file to ", path));
+  }
+  return absl::OkStatus();
+}
+
+int Run(int argc, char** argv) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // every thread inherits this; main sigwaits
+  signal(SIGPIPE, SIG_IGN);
+
+  std::vector<std::string> args(argv + 1, argv + argc);
+  bool check_only = false;
+  std::erase_if(args, [&](const std::string& a) {
+    if (a != "--check-config") return false;
+    check_only = true;
+    return true;
+  });
+  bool help = false;
+  auto parsed = ParseDaemonArgs(args, &help);
+  if (help) {
+    std::fputs(DaemonUsage().c_str(), stdout);
+    return 0;
+  }
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "sparsekvd: %s\n", std::string(parsed.status().message()).c_str());
+    return 2;
+  }
+  DaemonConfig config = *parsed;
+  auto backing = ParseBackingSpec(config.backing);
+  if (!backing.ok()) {
+    std::fprintf(stderr, "sparsekvd: pool.backing: %s\n", std::string(backing.status().message()).c_str());
+    return 2;
+  }
+  if (config.runtime_dir.empty()) config.runtime_dir = DefaultRuntimeDir();
+  if (config.unix_socket.empty()) config.unix_socket = absl::StrCat(config.runtime_dir, "/control.sock");
+  if (check_only) {
+    std::fputs(DescribeConfig(config).c_str(), stdout);
+    return 0;
+  }
+  SetLogLevel(config.log_level);
+  SKV_LOG_INFO(kLog, "sparsekvd %s starting (pid %d)%s", kVersion, getpid(),
+               config.config_file.empty() ? "" : absl::StrCat(", config ", config.config_file));
+
+  if (auto s = MakeDirs(config.runtime_dir); !s.ok()) {
+    SKV_LOG_ERROR(kLog, "%s", s.message());
+    return 1;
+  }
+  bool auto_size = config.pool_bytes == 0;
+  if (auto_size) config.pool_bytes = DefaultPoolBytes(config.page_bytes);
+  config.pool_bytes = config.pool_bytes / config.page_bytes * config.page_bytes;
+  auto started = std::chrono::steady_clock::now();
+  auto pool = Pool::Create(*backing, config.pool_bytes, config.prefault);
+  if (!pool.ok()) {
+    SKV_LOG_ERROR(kLog, "pool: %s", pool.status().message());
+    return 1;
+  }
+  SKV_LOG_INFO("pool", "backing=%s size=%s%s page=%s pages=%d prefault=%s (%.0f ms)",
+               (*pool)->Describe(), FormatBytes((*pool)->size_bytes()),
+               auto_size ? " (auto: 1/4 of available memory, at most 4 GiB)" : "",
+               FormatBytes(config.page_bytes), (*pool)->size_bytes() / config.page_bytes,
+               config.prefault ? "yes" : "no",
+               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+
+  std::unique_ptr<ShmServer> shm;
+  if ((*pool)->client_path().empty()) {
+    auto started_shm = ShmServer::Start(pool->get(), absl::StrCat(config.runtime_dir, "/pool.sock"));
+    if (!started_shm.ok()) {
+      SKV_LOG_ERROR(kLog, "shm transport: %s", started_shm.status().message());
+      return 1;
+    }
+    shm = std::move(*started_shm);
+    SKV_LOG_INFO("shm", "pool descriptor served on %s", shm->socket_path());
+  } else {
+    SKV_LOG_INFO("shm", "clients map the pool at %s", (*pool)->client_path());
+  }
+
+  auto policy = MakeEvictionPolicy(config.eviction_policy);
+  if (!policy.ok()) {
+    SKV_LOG_ERROR(kLog, "%s", policy.status().message());
+    return 2;
+  }
+  RegionTable table(pool->get(), config, std::move(*policy), shm ? shm->socket_path() : "");
+  ControlService service(&table);
+
+  grpc::ServerBuilder builder;
+  int tcp_port = 0;
+  if (!config.listen.empty()) {
+    builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &tcp_port);
+  }
+  std::string unix_target;
+  if (config.unix_socket != "none") {
+    unlink(config.unix_socket.c_str());
+    unix_target = absl::StrCat("unix:", config.unix_socket);
+    builder.AddListeningPort(unix_target, grpc::InsecureServerCredentials());
+  }
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxSendMessageSize(64 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || (!config.listen.empty() && tcp_port == 0)) {
+    SKV_LOG_ERROR(kLog, "cannot listen on %s%s (address in use, or not an address of this host)",
+                  config.listen.empty() ? unix_target : config.listen,
+                  config.listen.empty() || unix_target.empty() ? "" : absl::StrCat(" / ", unix_target));
+    return 1;
+  }
+  if (!config.listen.empty()) {
+    SKV_LOG_INFO("control", "gRPC on %s (port %d)", config.listen, tcp_port);
+  }
+  if (!unix_target.empty()) {
+    chmod(config.unix_socket.c_str(), 0660);
+    SKV_LOG_INFO("control", "gRPC on %s", unix_target);
+  }
+  SKV_LOG_INFO("leases", "lease %d ms; eviction policy %s; limits: %d regions, %d layers, %d-byte entries, %d tokens",
+               config.lease_ms, config.eviction_policy, config.limits.max_regions, config.limits.max_layers,
+               config.limits.max_entry_bytes, config.limits.max_capacity_tokens);
+
+  std::mutex reaper_mu;
+  std::condition_variable reaper_cv;
+  bool stopping = false;
+  std::thread reaper([&] {
+    std::unique_lock lock(reaper_mu);
+    while (!reaper_cv.wait_for(lock, std::chrono::milliseconds(config.reap_interval_ms),
+                               [&] { return stopping; })) {
+      lock.unlock();
+      table.Reap(std::chrono::steady_clock::now());
+      lock.lock();
+    }
+  });
+
+  if (!config.ready_file.empty()) {
+    if (auto s = WriteReadyFile(config.ready_file, tcp_port, config.unix_socket,
+                                shm ? shm->socket_path() : "");
+        !s.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", s.message());
+      return 1;
+    }
+  }
+  SKV_LOG_INFO(kLog, "ready");
+
+  int sig = 0;
+  while (true) {
+    sigwait(&signals, &sig);
+    if (sig == SIGHUP) {
+      SKV_LOG_INFO(kLog, "SIGHUP: nothing in the config can change at run time yet; ignored");
+      continue;
+    }
+    break;
+  }
+  SKV_LOG_INFO(kLog, "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server->Wait();
+  {
+    std::lock_guard lock(reaper_mu);
+    stopping = true;
+  }
+  reaper_cv.notify_all();
+  reaper.join();
+  shm.reset();
+  if (!unix_target.empty()) unlink(config.unix_socket.c_str());
+  if (!config.ready_file.empty()) unlink(config.ready_file.c_str());
+  auto stats = table.Stats();
+  SKV_LOG_INFO(kLog, "stopped cleanly: %d regions, %s used of %s, %d evictions", stats.regions(),
+               FormatBytes(stats.used_bytes()), FormatBytes(stats.pool_bytes()), stats.evictions());
+  return 0;
+}
+
+}  // namespace
+}  // namespace sparsekv
+
+int main(int argc, char** argv) { return sparsekv::Run(argc, argv); }

@@ -1,0 +1,64 @@
+#include "server/page_allocator.h"
+
+#include "absl/strings/str_format.h"
+
+namespace sparsekv {
+
+PageAllocator::PageAllocator(uint32_t num_pages) : total_pages_(num_pages) {
+  free_.reserve(num_pages);
+  // Hand out low page numbers first: the stack pops from the back.
+  for (uint32_t p = num_pages; p > 0; --p) free_.push_back(p - 1);
+}
+
+absl::Status PageAllocator::Allocate(int64_t count, std::vector<uint32_t>* out) {
+  absl::MutexLock lock(&mu_);
+  if (count < 0 || static_cast<size_t>(count) > free_.size()) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%d pages requested, %d free, %d quarantined until leases expire", count, free_.size(),
+        quarantined_));
+  }
+  out->insert(out->end(), free_.end() - count, free_.end());
+  free_.resize(free_.size() - count);
+  return absl::OkStatus();
+}
+
+void PageAllocator::Free(const std::vector<uint32_t>& pages) {
+  absl::MutexLock lock(&mu_);
+  free_.insert(free_.end(), pages.rbegin(), pages.rend());
+}
+
+void PageAllocator::FreeAfter(std::vector<uint32_t> pages, Clock::time_point reusable_at) {
+  absl::MutexLock lock(&mu_);
+  quarantined_ += static_cast<int64_t>(pages.size());
+  quarantine_.emplace(reusable_at, std::move(pages));
+}
+
+int64_t PageAllocator::ReclaimExpired(Clock::time_point now) {
+  absl::MutexLock lock(&mu_);
+  int64_t reclaimed = 0;
+  while (!quarantine_.empty() && quarantine_.begin()->first <= now) {
+    auto& pages = quarantine_.begin()->second;
+    free_.insert(free_.end(), pages.rbegin(), pages.rend());
+    reclaimed += static_cast<int64_t>(pages.size());
+    quarantine_.erase(quarantine_.begin());
+  }
+  quarantined_ -= reclaimed;
+  return reclaimed;
+}
+
+int64_t PageAllocator::free_pages() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(free_.size());
+}
+
+int64_t PageAllocator::quarantined_pages() const {
+  absl::MutexLock lock(&mu_);
+  return quarantined_;
+}
+
+int64_t PageAllocator::used_pages() const {
+  absl::MutexLock lock(&mu_);
+  return total_pages_ - static_cast<int64_t>(free_.size()) - quarantined_;
+}
+
+}  // namespace sparsekv

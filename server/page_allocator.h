@@ -1,0 +1,56 @@
+// PageAllocator hands out fixed-size pages of one Pool.
+//
+// Pages are the unit of placement: a region's layer is a list of pages, so a region grows
+// during decode without moving. Allocate and Free are O(1) per page (a free stack). A page freed
+// while leases could still read it is quarantined until a deadline and handed out again only
+// after ReclaimExpired has passed that deadline, so a stale handle never reads another region's
+// bytes.
+//
+// Allocation is all-or-nothing: either every page asked for is returned or none is.
+// Thread-safe. The fetch path never calls it: clients read pages directly.
+#ifndef SPARSEKV_SERVER_PAGE_ALLOCATOR_H_
+#define SPARSEKV_SERVER_PAGE_ALLOCATOR_H_
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace sparsekv {
+
+class PageAllocator {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  explicit PageAllocator(uint32_t num_pages);
+
+  // Appends `count` pages to *out, or returns RESOURCE_EXHAUSTED and leaves *out unchanged.
+  absl::Status Allocate(int64_t count, std::vector<uint32_t>* out);
+
+  // Returns pages to the free stack now.
+  void Free(const std::vector<uint32_t>& pages);
+  // Returns pages to the free stack once `reusable_at` has passed (see ReclaimExpired).
+  void FreeAfter(std::vector<uint32_t> pages, Clock::time_point reusable_at);
+  // Moves quarantined pages whose deadline is at or before `now` to the free stack.
+  int64_t ReclaimExpired(Clock::time_point now);
+
+  uint32_t total_pages() const { return total_pages_; }
+  int64_t free_pages() const;
+  int64_t quarantined_pages() const;
+  int64_t used_pages() const;  // held by regions (not free, not quarantined)
+
+ private:
+  const uint32_t total_pages_;
+  mutable absl::Mutex mu_;
+  std::vector<uint32_t> free_ ABSL_GUARDED_BY(mu_);
+  std::multimap<Clock::time_point, std::vector<uint32_t>> quarantine_ ABSL_GUARDED_BY(mu_);
+  int64_t quarantined_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_SERVER_PAGE_ALLOCATOR_H_

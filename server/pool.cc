@@ -1,0 +1,263 @@
+#include "server/pool.h"
+
+#include <fcntl.h>
+#include <numa.h>
+#include <numaif.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "common/log.h"
+#include "common/size_parse.h"
+
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
+
+namespace sparsekv {
+namespace {
+
+std::string Errno(int err) { return std::strerror(err); }
+
+std::string NewUuid() {
+  std::random_device rd;
+  std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd() ^ getpid());
+  return absl::StrFormat("%016x%016x", rng(), rng());
+}
+
+absl::StatusOr<int64_t> ReadSysfsInt(const std::string& path) {
+  std::ifstream in(path);
+  std::string text;
+  if (!(in >> text)) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  int64_t value;
+  if (!absl::SimpleAtoi(text, &value)) return absl::InternalError(absl::StrCat(path, ": '", text, "' is not a number"));
+  return value;
+}
+
+// Reserves the file's blocks now, so an overcommitted pool fails here with a clear error
+// instead of with SIGBUS on some later write.
+absl::Status Reserve(int fd, int64_t size, const std::string& what) {
+  int rc = posix_fallocate(fd, 0, size);
+  if (rc != 0) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cannot reserve %s for the pool on %s: %s", FormatBytes(size), what, Errno(rc)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<PoolBackingSpec> ParseBackingSpec(const std::string& text) {
+  PoolBackingSpec spec;
+  absl::string_view rest = text;
+  if (text == "memfd" || text.empty()) {
+    spec.kind = PoolBackingSpec::Kind::kMemfd;
+  } else if (absl::ConsumePrefix(&rest, "file:")) {
+    spec.kind = PoolBackingSpec::Kind::kFile;
+    spec.path = std::string(rest);
+  } else if (absl::ConsumePrefix(&rest, "hugetlbfs:")) {
+    spec.kind = PoolBackingSpec::Kind::kHugetlbfs;
+    spec.path = std::string(rest);
+  } else if (absl::ConsumePrefix(&rest, "devdax:")) {
+    spec.kind = PoolBackingSpec::Kind::kDevdax;
+    spec.path = std::string(rest);
+  } else if (absl::ConsumePrefix(&rest, "numa:")) {
+    spec.kind = PoolBackingSpec::Kind::kNuma;
+    if (!absl::SimpleAtoi(rest, &spec.numa_node) || spec.numa_node < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("backing '%s': numa node must be a non-negative number", text));
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "backing '%s' is unknown (use memfd, file:PATH, hugetlbfs:PATH, devdax:/dev/daxX.Y or numa:N)",
+        text));
+  }
+  if (spec.kind != PoolBackingSpec::Kind::kMemfd && spec.kind != PoolBackingSpec::Kind::kNuma &&
+      spec.path.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat("backing '%s' needs a path", text));
+  }
+  return spec;
+}
+
+const char* BackingKindName(PoolBackingSpec::Kind kind) {
+  switch (kind) {
+    case PoolBackingSpec::Kind::kMemfd: return "memfd";
+    case PoolBackingSpec::Kind::kFile: return "file";
+    case PoolBackingSpec::Kind::kHugetlbfs: return "hugetlbfs";
+    case PoolBackingSpec::Kind::kDevdax: return "devdax";
+    case PoolBackingSpec::Kind::kNuma: return "numa";
+  }
+  return "?";
+}
+
+int64_t DefaultPoolBytes(int64_t page_bytes) {
+  int64_t available = 0;
+  std::ifstream meminfo("/proc/meminfo");
+  std::string name, unit;
+  int64_t kib;
+  while (meminfo >> name >> kib >> unit) {
+    if (name == "MemAvailable:") available = kib * 1024;
+  }
+  int64_t bytes = std::min<int64_t>(available / 4, int64_t{4} << 30);
+  bytes = std::max<int64_t>(bytes, int64_t{64} << 20);
+  return bytes / page_bytes * page_bytes;
+}
+
+absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, int64_t size_bytes,
+                                                  bool prefault) {
+  std::unique_ptr<Pool> pool(new Pool());
+  pool->spec_ = spec;
+  pool->uuid_ = NewUuid();
+  int fd = -1;
+  int mmap_flags = MAP_SHARED;
+  switch (spec.kind) {
+    case PoolBackingSpec::Kind::kMemfd:
+    case PoolBackingSpec::Kind::kNuma: {
+      if (spec.kind == PoolBackingSpec::Kind::kNuma) {
+        if (numa_available() < 0) {
+          return absl::FailedPreconditionError(absl::StrFormat(
+              "backing numa:%d: this kernel or machine has no NUMA support", spec.numa_node));
+        }
+        if (spec.numa_node > numa_max_node() ||
+            numa_bitmask_isbitset(numa_get_mems_allowed(), spec.numa_node) == 0) {
+          return absl::NotFoundError(absl::StrFormat(
+              "backing numa:%d: no such NUMA node with memory (nodes 0..%d exist)", spec.numa_node,
+              numa_max_node()));
+        }
+      }
+      fd = memfd_create("sparsekv-pool", MFD_CLOEXEC);
+      if (fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", Errno(errno)));
+      if (ftruncate(fd, size_bytes) != 0) {
+        int err = errno;
+        close(fd);
+        return absl::ResourceExhaustedError(absl::StrFormat("cannot size the memfd pool to %s: %s",
+                                                            FormatBytes(size_bytes), Errno(err)));
+      }
+      break;
+    }
+    case PoolBackingSpec::Kind::kFile:
+    case PoolBackingSpec::Kind::kHugetlbfs: {
+      fd = open(spec.path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0660);
+      if (fd < 0) {
+        return absl::FailedPreconditionError(
+            absl::StrFormat("cannot open pool file %s: %s", spec.path, Errno(errno)));
+      }
+      struct statfs fs;
+      if (fstatfs(fd, &fs) == 0 && spec.kind == PoolBackingSpec::Kind::kHugetlbfs) {
+        if (static_cast<uint64_t>(fs.f_type) != HUGETLBFS_MAGIC) {
+          close(fd);
+          return absl::FailedPreconditionError(
+              absl::StrFormat("pool file %s is not on a hugetlbfs mount", spec.path));
+        }
+        int64_t huge = fs.f_bsize;
+        size_bytes = (size_bytes + huge - 1) / huge * huge;
+      }
+      if (ftruncate(fd, size_bytes) != 0) {
+        int err = errno;
+        close(fd);
+        return absl::ResourceExhaustedError(absl::StrFormat("cannot size pool file %s to %s: %s",
+                                                            spec.path, FormatBytes(size_bytes), Errno(err)));
+      }
+      break;
+    }
+    case PoolBackingSpec::Kind::kDevdax: {
+      fd = open(spec.path.c_str(), O_RDWR | O_CLOEXEC);
+      if (fd < 0) {
+        return absl::FailedPreconditionError(
+            absl::StrFormat("cannot open device-dax %s: %s", spec.path, Errno(errno)));
+      }
+      struct stat st;
+      if (fstat(fd, &st) != 0 || !S_ISCHR(st.st_mode)) {
+        close(fd);
+        return absl::FailedPreconditionError(
+            absl::StrFormat("%s is not a device-dax character device", spec.path));
+      }
+      std::string name = spec.path.substr(spec.path.rfind('/') + 1);
+      auto device_size = ReadSysfsInt(absl::StrCat("/sys/bus/dax/devices/", name, "/size"));
+      auto align = ReadSysfsInt(absl::StrCat("/sys/bus/dax/devices/", name, "/align"));
+      if (!device_size.ok()) {
+        close(fd);
+        return absl::FailedPreconditionError(absl::StrCat("device-dax ", spec.path, ": ", device_size.status().message()));
+      }
+      int64_t alignment = align.ok() ? *align : (2 << 20);
+      if (size_bytes == 0 || size_bytes > *device_size) size_bytes = *device_size;
+      size_bytes = size_bytes / alignment * alignment;
+      break;
+    }
+  }
+  if (prefault && spec.kind != PoolBackingSpec::Kind::kDevdax &&
+      spec.kind != PoolBackingSpec::Kind::kNuma) {
+    if (auto s = Reserve(fd, size_bytes, BackingKindName(spec.kind)); !s.ok()) {
+      close(fd);
+      return s;
+    }
+  }
+  void* addr = mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, mmap_flags, fd, 0);
+  if (addr == MAP_FAILED) {
+    int err = errno;
+    close(fd);
+    return absl::ResourceExhaustedError(absl::StrFormat("cannot map %s of %s pool: %s",
+                                                        FormatBytes(size_bytes), BackingKindName(spec.kind), Errno(err)));
+  }
+  pool->fd_ = fd;
+  pool->base_ = static_cast<std::byte*>(addr);
+  pool->size_bytes_ = size_bytes;
+  if (spec.kind == PoolBackingSpec::Kind::kNuma) {
+    // Bind the shared policy of the memfd's pages to the node before anything is touched.
+    unsigned long mask[16] = {};
+    mask[spec.numa_node / (8 * sizeof(unsigned long))] |= 1UL << (spec.numa_node % (8 * sizeof(unsigned long)));
+    if (mbind(addr, size_bytes, MPOL_BIND, mask, sizeof(mask) * 8, MPOL_MF_STRICT) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("cannot bind the pool to NUMA node %d: %s", spec.numa_node, Errno(errno)));
+    }
+    if (prefault) {
+      if (auto s = Reserve(fd, size_bytes, absl::StrCat("NUMA node ", spec.numa_node)); !s.ok()) return s;
+    }
+  }
+  if (prefault) {
+    // Touch every page so the first fetches do not pay for faults.
+    if (madvise(addr, size_bytes, MADV_POPULATE_WRITE) != 0) {
+      const int64_t step = 4096;
+      for (int64_t off = 0; off < size_bytes; off += step) {
+        reinterpret_cast<volatile char*>(addr)[off] = 0;
+      }
+    }
+  }
+  return pool;
+}
+
+Pool::~Pool() {
+  if (base_ != nullptr) munmap(base_, size_bytes_);
+  if (fd_ >= 0) close(fd_);
+}
+
+std::string Pool::client_path() const {
+  switch (spec_.kind) {
+    case PoolBackingSpec::Kind::kFile:
+    case PoolBackingSpec::Kind::kHugetlbfs:
+    case PoolBackingSpec::Kind::kDevdax:
+      return spec_.path;
+    default:
+      return "";
+  }
+}
+
+std::string Pool::Describe() const {
+  switch (spec_.kind) {
+    case PoolBackingSpec::Kind::kMemfd: return "memfd";
+    case PoolBackingSpec::Kind::kNuma: return absl::StrCat("numa:", spec_.numa_node);
+    default: return absl::StrCat(BackingKindName(spec_.kind), ":", spec_.path);
+  }
+}
+
+}  // namespace sparsekv

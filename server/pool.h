@@ -1,0 +1,68 @@
+// Pool is the one memory arena of a memory node: a shared mapping that clients on the same host
+// (or sharing a CXL device) map too, so a fetch is plain loads with no server CPU.
+//
+// Backings:
+//   memfd              anonymous shared memory; clients get the descriptor over a Unix socket
+//   file:PATH          a file (tmpfs for CXL emulation, or any filesystem); clients open PATH
+//   hugetlbfs:PATH     a file on a hugetlbfs mount; size rounded to the huge page size
+//   devdax:/dev/daxX.Y CXL Type-3 memory in device-dax mode; mapped whole-aligned
+//   numa:N             memfd memory bound to NUMA node N (CXL memory onlined as a CPU-less node)
+//
+// Create either returns a fully mapped, reserved (and, if asked, pre-faulted) pool or a precise
+// error: there is no half-made pool. The mapping lives until the Pool is destroyed.
+#ifndef SPARSEKV_SERVER_POOL_H_
+#define SPARSEKV_SERVER_POOL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace sparsekv {
+
+struct PoolBackingSpec {
+  enum class Kind { kMemfd, kFile, kHugetlbfs, kDevdax, kNuma };
+  Kind kind = Kind::kMemfd;
+  std::string path;   // file, hugetlbfs, devdax
+  int numa_node = -1; // numa
+};
+
+absl::StatusOr<PoolBackingSpec> ParseBackingSpec(const std::string& text);
+const char* BackingKindName(PoolBackingSpec::Kind kind);
+
+// The default pool size for this machine: a quarter of available memory, at most 4 GiB,
+// at least 64 MiB, rounded down to whole pages.
+int64_t DefaultPoolBytes(int64_t page_bytes);
+
+class Pool {
+ public:
+  static absl::StatusOr<std::unique_ptr<Pool>> Create(const PoolBackingSpec& spec,
+                                                      int64_t size_bytes, bool prefault);
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  std::byte* base() const { return base_; }
+  int64_t size_bytes() const { return size_bytes_; }
+  int fd() const { return fd_; }
+  const PoolBackingSpec& spec() const { return spec_; }
+  const std::string& uuid() const { return uuid_; }
+  // Path a client may open instead of receiving the fd ("" for memfd and numa).
+  std::string client_path() const;
+  // "memfd", "file:/dev/shm/x", ... with the details an operator wants in `status`.
+  std::string Describe() const;
+
+ private:
+  Pool() = default;
+  PoolBackingSpec spec_;
+  std::byte* base_ = nullptr;
+  int64_t size_bytes_ = 0;
+  int fd_ = -1;
+  std::string uuid_;
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_SERVER_POOL_H_

@@ -1,0 +1,528 @@
+#include "server/region_table.h"
+
+#include <algorithm>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/host_id.h"
+#include "common/log.h"
+#include "common/size_parse.h"
+
+namespace sparsekv {
+namespace {
+
+constexpr int64_t kMaxTtlMs = int64_t{30} * 24 * 3600 * 1000;
+constexpr int32_t kDefaultListLimit = 1000;
+
+int64_t UnixMillis() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+int64_t RegionTable::Region::page_count() const {
+  int64_t n = 0;
+  for (const auto& layer : pages) n += static_cast<int64_t>(layer.size());
+  return n;
+}
+
+RegionTable::RegionTable(const Pool* pool, const DaemonConfig& config,
+                         std::unique_ptr<EvictionPolicy> policy, std::string fd_socket_path)
+    : pool_(pool),
+      config_(config),
+      policy_(std::move(policy)),
+      fd_socket_path_(std::move(fd_socket_path)),
+      host_id_(LocalHostId()),
+      started_(Clock::now()),
+      allocator_(static_cast<uint32_t>(pool->size_bytes() / config.page_bytes)) {}
+
+absl::Status RegionTable::ValidateKey(const std::string& key) const {
+  if (key.empty()) return absl::InvalidArgumentError("region key is empty");
+  if (key.size() > static_cast<size_t>(config_.limits.max_key_bytes)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region key of %d bytes is longer than the limit of %d bytes", key.size(),
+        config_.limits.max_key_bytes));
+  }
+  for (unsigned char c : key) {
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "region key '%s' contains control character 0x%02x", absl::CHexEscape(key), c));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RegionTable::Region*> RegionTable::FindLocked(const std::string& key) {
+  if (auto s = ValidateKey(key); !s.ok()) return s;
+  auto it = regions_.find(key);
+  if (it == regions_.end()) {
+    return absl::NotFoundError(absl::StrFormat("region '%s' does not exist", key));
+  }
+  return it->second.get();
+}
+
+bool RegionTable::HasLiveLeaseLocked(const Region& region, Clock::time_point now) const {
+  for (const auto& [id, expiry] : region.leases) {
+    if (expiry > now) return true;
+  }
+  return false;
+}
+
+absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_what,
+                                         Clock::time_point now) {
+  allocator_.ReclaimExpired(now);
+  int64_t free_pages = allocator_.free_pages();
+  if (free_pages >= pages) return absl::OkStatus();
+
+  std::vector<EvictionCandidate> candidates;
+  int64_t evictable = 0;
+  for (const auto& [key, region] : regions_) {
+    if (!region->sealed || HasLiveLeaseLocked(*region, now)) continue;
+    candidates.push_back({region->id, region->page_count(), region->last_access});
+    evictable += candidates.back().pages;
+  }
+  if (free_pages + evictable < pages) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "pool exhausted: %s needs %d pages (%s); %d pages free, %d quarantined until leases "
+        "expire, %d evictable in %d sealed unleased regions; pool is %s",
+        for_what, pages, FormatBytes(pages * config_.page_bytes), free_pages,
+        allocator_.quarantined_pages(), evictable, candidates.size(),
+        FormatBytes(pool_->size_bytes())));
+  }
+  policy_->Order(&candidates);
+  absl::flat_hash_map<uint64_t, Region*> by_id;
+  for (auto& [key, region] : regions_) by_id[region->id] = region.get();
+  for (const auto& candidate : candidates) {
+    if (free_pages >= pages) break;
+    Region* victim = by_id[candidate.region_id];
+    SKV_LOG_INFO("evict", "evicting region '%s' (%s, %s idle) to make room for %s", victim->key,
+                 FormatBytes(candidate.pages * config_.page_bytes),
+                 absl::StrFormat("%.1fs", std::chrono::duration<double>(now - victim->last_access).count()),
+                 for_what);
+    counters_.evictions++;
+    counters_.evicted_bytes += candidate.pages * config_.page_bytes;
+    RemoveLocked(victim, absl::StrFormat("evicted to make room for %s", for_what), now);
+    free_pages = allocator_.free_pages();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RegionTable::GrowLocked(Region* region, int64_t tokens, Clock::time_point now) {
+  const Geometry& g = region->geometry;
+  int64_t have = region->pages.empty() ? 0 : static_cast<int64_t>(region->pages[0].size());
+  int64_t want = g.PagesPerLayer(tokens);
+  if (want <= have) return absl::OkStatus();
+  int64_t needed = (want - have) * g.layers;
+  if (auto s = MakeRoomLocked(needed, absl::StrFormat("region '%s'", region->key), now); !s.ok()) {
+    return s;
+  }
+  std::vector<uint32_t> fresh;
+  fresh.reserve(needed);
+  if (auto s = allocator_.Allocate(needed, &fresh); !s.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat("region '", region->key, "': ", s.message()));
+  }
+  size_t next = 0;
+  for (auto& layer : region->pages) {
+    for (int64_t i = have; i < want; ++i) layer.push_back(fresh[next++]);
+  }
+  return absl::OkStatus();
+}
+
+int64_t RegionTable::RemoveLocked(Region* region, const std::string& reason, Clock::time_point now) {
+  Clock::time_point last_expiry = now;
+  for (const auto& [id, expiry] : region->leases) {
+    last_expiry = std::max(last_expiry, expiry);
+    lease_owner_.erase(id);
+    revoked_[id] = {absl::StrFormat("region '%s' was %s", region->key, reason), now};
+  }
+  std::vector<uint32_t> pages;
+  pages.reserve(region->page_count());
+  for (auto& layer : region->pages) pages.insert(pages.end(), layer.begin(), layer.end());
+  int64_t bytes = static_cast<int64_t>(pages.size()) * config_.page_bytes;
+  if (last_expiry > now) {
+    allocator_.FreeAfter(std::move(pages), last_expiry);
+  } else {
+    allocator_.Free(pages);
+  }
+  regions_.erase(region->key);  // destroys *region
+  return bytes;
+}
+
+uint64_t RegionTable::GrantLeaseLocked(Region* region, Clock::time_point now) {
+  uint64_t id = next_lease_id_++;
+  region->leases[id] = now + std::chrono::milliseconds(config_.lease_ms);
+  lease_owner_[id] = region;
+  return id;
+}
+
+void RegionTable::FillInfoLocked(const Region& r, Clock::time_point now, v1::RegionInfo* info) const {
+  info->set_key(r.key);
+  info->set_region_id(r.id);
+  auto* g = info->mutable_geometry();
+  g->set_layers(r.geometry.layers);
+  g->set_entry_bytes(r.geometry.entry_bytes);
+  g->set_entry_stride_bytes(r.geometry.entry_stride_bytes);
+  g->set_tokens_per_page(r.geometry.tokens_per_page);
+  g->set_page_bytes(r.geometry.page_bytes);
+  info->set_capacity_tokens(r.capacity_tokens);
+  info->set_committed_tokens(r.committed_tokens);
+  info->set_sealed(r.sealed);
+  info->set_bytes(r.page_count() * config_.page_bytes);
+  info->set_created_unix_ms(r.created_unix_ms);
+  info->set_last_access_unix_ms(
+      UnixMillis() - std::chrono::duration_cast<std::chrono::milliseconds>(now - r.last_access).count());
+  info->set_ttl_ms(r.ttl_ms);
+  int32_t live = 0;
+  for (const auto& [id, expiry] : r.leases) live += expiry > now ? 1 : 0;
+  info->set_active_leases(live);
+}
+
+void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out) {
+  FillInfoLocked(*region, now, out->mutable_info());
+  for (const auto& layer : region->pages) {
+    out->add_layers()->mutable_pages()->Add(layer.begin(), layer.end());
+  }
+  auto* shm = out->mutable_transport()->mutable_shm();
+  shm->set_fd_socket_path(pool_->client_path().empty() ? fd_socket_path_ : "");
+  shm->set_path(pool_->client_path());
+  shm->set_pool_bytes(pool_->size_bytes());
+  shm->set_backing(BackingKindName(pool_->spec().kind));
+  shm->set_pool_uuid(pool_->uuid());
+  shm->set_host_id(host_id_);
+  out->mutable_lease()->set_lease_id(GrantLeaseLocked(region, now));
+  out->mutable_lease()->set_lease_ms(config_.lease_ms);
+}
+
+absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req) {
+  if (auto s = ValidateKey(req.key()); !s.ok()) return s;
+  const Limits& lim = config_.limits;
+  if (req.layers() <= 0 || req.layers() > lim.max_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region '%s': layers must be in [1, %d], got %d", req.key(), lim.max_layers, req.layers()));
+  }
+  if (req.entry_bytes() <= 0 || req.entry_bytes() > lim.max_entry_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region '%s': entry_bytes must be in [1, %d], got %d", req.key(), lim.max_entry_bytes,
+        req.entry_bytes()));
+  }
+  if (req.capacity_tokens() < 0 || req.capacity_tokens() > lim.max_capacity_tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region '%s': capacity_tokens must be in [0, %d], got %d", req.key(),
+        lim.max_capacity_tokens, req.capacity_tokens()));
+  }
+  if (req.ttl_ms() < 0 || req.ttl_ms() > kMaxTtlMs) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region '%s': ttl_ms must be in [0, %d] (0: no TTL), got %d", req.key(), kMaxTtlMs,
+        req.ttl_ms()));
+  }
+  auto geometry = MakeGeometry(req.layers(), req.entry_bytes(), config_.page_bytes);
+  if (!geometry.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("region '", req.key(), "': ", geometry.status().message()));
+  }
+  int64_t pages_needed = geometry->PagesPerLayer(req.capacity_tokens()) * req.layers();
+  if (pages_needed > allocator_.total_pages()) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "region '%s' needs %s for %d tokens x %d layers, more than the whole pool (%s)", req.key(),
+        FormatBytes(pages_needed * config_.page_bytes), req.capacity_tokens(), req.layers(),
+        FormatBytes(pool_->size_bytes())));
+  }
+
+  absl::MutexLock lock(&mu_);
+  auto now = Clock::now();
+  if (regions_.contains(req.key())) {
+    return absl::AlreadyExistsError(absl::StrFormat("region '%s' already exists", req.key()));
+  }
+  if (static_cast<int64_t>(regions_.size()) >= lim.max_regions) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "region '%s': the daemon already holds the maximum of %d regions", req.key(), lim.max_regions));
+  }
+  auto region = std::make_unique<Region>();
+  region->id = next_region_id_++;
+  region->key = req.key();
+  region->geometry = *geometry;
+  region->created_unix_ms = UnixMillis();
+  region->last_access = now;
+  region->ttl_ms = req.ttl_ms();
+  region->pages.resize(req.layers());
+  if (auto s = GrowLocked(region.get(), req.capacity_tokens(), now); !s.ok()) return s;
+  region->capacity_tokens = req.capacity_tokens();
+  Region* r = region.get();
+  regions_[req.key()] = std::move(region);
+  counters_.creates++;
+  v1::OpenRegionResponse out;
+  FillOpenLocked(r, now, &out);
+  return out;
+}
+
+absl::StatusOr<v1::OpenRegionResponse> RegionTable::Open(const v1::OpenRegionRequest& req) {
+  absl::MutexLock lock(&mu_);
+  auto region = FindLocked(req.key());
+  if (!region.ok()) return region.status();
+  auto now = Clock::now();
+  (*region)->last_access = now;
+  v1::OpenRegionResponse out;
+  FillOpenLocked(*region, now, &out);
+  return out;
+}
+
+absl::StatusOr<v1::ExtendRegionResponse> RegionTable::Extend(const v1::ExtendRegionRequest& req) {
+  absl::MutexLock lock(&mu_);
+  auto found = FindLocked(req.key());
+  if (!found.ok()) return found.status();
+  Region* region = *found;
+  if (region->sealed) {
+    return absl::FailedPreconditionError(absl::StrFormat("region '%s' is sealed and cannot grow", req.key()));
+  }
+  if (req.capacity_tokens() > config_.limits.max_capacity_tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region '%s': capacity_tokens %d is past the limit of %d", req.key(), req.capacity_tokens(),
+        config_.limits.max_capacity_tokens));
+  }
+  if (req.capacity_tokens() < region->capacity_tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region '%s': cannot shrink capacity from %d to %d tokens", req.key(),
+        region->capacity_tokens, req.capacity_tokens()));
+  }
+  auto now = Clock::now();
+  if (auto s = GrowLocked(region, req.capacity_tokens(), now); !s.ok()) return s;
+  region->capacity_tokens = req.capacity_tokens();
+  region->last_access = now;
+  v1::ExtendRegionResponse out;
+  FillInfoLocked(*region, now, out.mutable_info());
+  for (const auto& layer : region->pages) {
+    out.add_layers()->mutable_pages()->Add(layer.begin(), layer.end());
+  }
+  return out;
+}
+
+absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitRegionRequest& req) {
+  absl::MutexLock lock(&mu_);
+  auto found = FindLocked(req.key());
+  if (!found.ok()) return found.status();
+  Region* region = *found;
+  if (region->sealed) {
+    if (req.committed_tokens() == region->committed_tokens && req.seal()) {
+      // Sealing twice at the same length is harmless and makes retries safe.
+      v1::CommitRegionResponse out;
+      FillInfoLocked(*region, Clock::now(), out.mutable_info());
+      return out;
+    }
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "region '%s' is sealed at %d tokens; it accepts no more commits", req.key(),
+        region->committed_tokens));
+  }
+  if (req.committed_tokens() > region->capacity_tokens) {
+    return absl::OutOfRangeError(absl::StrFormat(
+        "region '%s': cannot commit %d tokens, capacity is %d", req.key(), req.committed_tokens(),
+        region->capacity_tokens));
+  }
+  if (req.committed_tokens() < region->committed_tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "region '%s': committed length only grows; it is %d, asked for %d", req.key(),
+        region->committed_tokens, req.committed_tokens()));
+  }
+  auto now = Clock::now();
+  region->committed_tokens = req.committed_tokens();
+  region->sealed = req.seal();
+  region->last_access = now;
+  v1::CommitRegionResponse out;
+  FillInfoLocked(*region, now, out.mutable_info());
+  return out;
+}
+
+absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeasesRequest& req) {
+  if (req.lease_ids_size() > config_.limits.max_lease_ids) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d lease ids in one request; the limit is %d", req.lease_ids_size(), config_.limits.max_lease_ids));
+  }
+  absl::MutexLock lock(&mu_);
+  auto now = Clock::now();
+  v1::RenewLeasesResponse out;
+  for (uint64_t id : req.lease_ids()) {
+    auto* state = out.add_leases();
+    state->set_lease_id(id);
+    auto owner = lease_owner_.find(id);
+    if (owner == lease_owner_.end()) {
+      auto why = revoked_.find(id);
+      state->set_reason(why != revoked_.end()
+                            ? why->second.first
+                            : absl::StrFormat("lease %d is unknown or has expired", id));
+      continue;
+    }
+    Region* region = owner->second;
+    auto lease = region->leases.find(id);
+    if (lease->second <= now) {
+      state->set_reason(absl::StrFormat("lease %d on region '%s' expired before it was renewed", id, region->key));
+      region->leases.erase(lease);
+      lease_owner_.erase(owner);
+      continue;
+    }
+    lease->second = now + std::chrono::milliseconds(config_.lease_ms);
+    region->last_access = now;
+    state->set_valid(true);
+    state->set_lease_ms(config_.lease_ms);
+    state->set_committed_tokens(region->committed_tokens);
+    state->set_capacity_tokens(region->capacity_tokens);
+    state->set_sealed(region->sealed);
+  }
+  return out;
+}
+
+absl::Status RegionTable::Release(const v1::ReleaseLeasesRequest& req) {
+  if (req.lease_ids_size() > config_.limits.max_lease_ids) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d lease ids in one request; the limit is %d", req.lease_ids_size(), config_.limits.max_lease_ids));
+  }
+  absl::MutexLock lock(&mu_);
+  for (uint64_t id : req.lease_ids()) {
+    auto owner = lease_owner_.find(id);
+    if (owner == lease_owner_.end()) continue;  // already gone: releasing is idempotent
+    owner->second->leases.erase(id);
+    lease_owner_.erase(owner);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::DeleteRegionResponse> RegionTable::Delete(const v1::DeleteRegionRequest& req) {
+  absl::MutexLock lock(&mu_);
+  auto found = FindLocked(req.key());
+  if (!found.ok()) return found.status();
+  auto now = Clock::now();
+  bool held = HasLiveLeaseLocked(**found, now);
+  v1::DeleteRegionResponse out;
+  out.set_freed_bytes(RemoveLocked(*found, "deleted", now));
+  out.set_memory_held_by_leases(held);
+  counters_.deletes++;
+  return out;
+}
+
+absl::StatusOr<v1::ListRegionsResponse> RegionTable::List(const v1::ListRegionsRequest& req) {
+  if (req.limit() < 0 || req.limit() > config_.limits.max_list) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "list limit must be in [0, %d] (0: %d), got %d", config_.limits.max_list,
+        kDefaultListLimit, req.limit()));
+  }
+  int32_t limit = req.limit() == 0 ? kDefaultListLimit : req.limit();
+  absl::MutexLock lock(&mu_);
+  auto now = Clock::now();
+  std::vector<const Region*> matching;
+  for (const auto& [key, region] : regions_) {
+    if (key.rfind(req.key_prefix(), 0) == 0) matching.push_back(region.get());
+  }
+  std::sort(matching.begin(), matching.end(),
+            [](const Region* a, const Region* b) { return a->key < b->key; });
+  v1::ListRegionsResponse out;
+  for (const Region* region : matching) {
+    if (out.regions_size() >= limit) {
+      out.set_truncated(true);
+      break;
+    }
+    FillInfoLocked(*region, now, out.add_regions());
+  }
+  return out;
+}
+
+absl::StatusOr<v1::RegionInfo> RegionTable::Get(const v1::GetRegionRequest& req) {
+  absl::MutexLock lock(&mu_);
+  auto found = FindLocked(req.key());
+  if (!found.ok()) return found.status();
+  v1::RegionInfo info;
+  FillInfoLocked(**found, Clock::now(), &info);
+  return info;
+}
+
+absl::StatusOr<v1::EvictResponse> RegionTable::Evict(const v1::EvictRequest& req) {
+  if (req.bytes() <= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("evict: bytes must be positive, got %d", req.bytes()));
+  }
+  absl::MutexLock lock(&mu_);
+  auto now = Clock::now();
+  std::vector<EvictionCandidate> candidates;
+  for (const auto& [key, region] : regions_) {
+    if (region->sealed && !HasLiveLeaseLocked(*region, now)) {
+      candidates.push_back({region->id, region->page_count(), region->last_access});
+    }
+  }
+  policy_->Order(&candidates);
+  absl::flat_hash_map<uint64_t, Region*> by_id;
+  for (auto& [key, region] : regions_) by_id[region->id] = region.get();
+  v1::EvictResponse out;
+  for (const auto& candidate : candidates) {
+    if (out.evicted_bytes() >= req.bytes()) break;
+    Region* victim = by_id[candidate.region_id];
+    out.add_evicted_keys(victim->key);
+    SKV_LOG_INFO("evict", "evicting region '%s' (%s) on request", victim->key,
+                 FormatBytes(candidate.pages * config_.page_bytes));
+    int64_t bytes = RemoveLocked(victim, "evicted on request", now);
+    out.set_evicted_bytes(out.evicted_bytes() + bytes);
+    counters_.evictions++;
+    counters_.evicted_bytes += bytes;
+  }
+  return out;
+}
+
+v1::StatsResponse RegionTable::Stats() {
+  absl::MutexLock lock(&mu_);
+  auto now = Clock::now();
+  allocator_.ReclaimExpired(now);
+  v1::StatsResponse out;
+  const int64_t page = config_.page_bytes;
+  out.set_pool_bytes(static_cast<int64_t>(allocator_.total_pages()) * page);
+  out.set_used_bytes(allocator_.used_pages() * page);
+  out.set_free_bytes(allocator_.free_pages() * page);
+  out.set_quarantined_bytes(allocator_.quarantined_pages() * page);
+  out.set_page_bytes(page);
+  out.set_regions(static_cast<int64_t>(regions_.size()));
+  int64_t sealed = 0, leases = 0;
+  for (const auto& [key, region] : regions_) {
+    sealed += region->sealed ? 1 : 0;
+    for (const auto& [id, expiry] : region->leases) leases += expiry > now ? 1 : 0;
+  }
+  out.set_sealed_regions(sealed);
+  out.set_active_leases(leases);
+  out.set_evictions(counters_.evictions);
+  out.set_evicted_bytes(counters_.evicted_bytes);
+  out.set_expired_regions(counters_.expired_regions);
+  out.set_creates(counters_.creates);
+  out.set_deletes(counters_.deletes);
+  out.set_backing(BackingKindName(pool_->spec().kind));
+  out.set_backing_detail(pool_->Describe());
+  out.set_uptime_ms(std::chrono::duration_cast<std::chrono::milliseconds>(now - started_).count());
+  out.set_lease_ms(config_.lease_ms);
+  return out;
+}
+
+void RegionTable::Reap(Clock::time_point now) {
+  absl::MutexLock lock(&mu_);
+  std::vector<Region*> expired;
+  for (auto& [key, region] : regions_) {
+    for (auto it = region->leases.begin(); it != region->leases.end();) {
+      if (it->second <= now) {
+        revoked_[it->first] = {absl::StrFormat("lease %d on region '%s' expired", it->first, key), now};
+        lease_owner_.erase(it->first);
+        region->leases.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    if (region->ttl_ms > 0 && now - region->last_access > std::chrono::milliseconds(region->ttl_ms)) {
+      expired.push_back(region.get());
+    }
+  }
+  for (Region* region : expired) {
+    SKV_LOG_INFO("ttl", "region '%s' idle past its TTL of %d ms; deleting", region->key, region->ttl_ms);
+    RemoveLocked(region, absl::StrFormat("deleted after %d ms idle (TTL)", region->ttl_ms), now);
+    counters_.expired_regions++;
+  }
+  auto keep_reasons = std::chrono::milliseconds(config_.lease_ms * 4);
+  for (auto it = revoked_.begin(); it != revoked_.end();) {
+    if (now - it->second.second > keep_reasons) revoked_.erase(it++);
+    else ++it;
+  }
+  allocator_.ReclaimExpired(now);
+}
+
+}  // namespace sparsekv

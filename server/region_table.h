@@ -1,0 +1,119 @@
+// RegionTable is the daemon's catalogue: which regions exist, which pages each layer holds,
+// how much of each is committed, and who holds a lease on it.
+//
+// Invariants:
+//  - keys are unique among live regions; a region id is never reused;
+//  - every page is in exactly one place: a live region's page table, the allocator's free stack,
+//    or the allocator's quarantine;
+//  - a deleted or evicted region's pages are quarantined until its last unexpired lease ends, so
+//    a client holding a stale handle can read only that region's old bytes, never another's;
+//  - only sealed regions without an unexpired lease are evicted, and an allocation that cannot
+//    be satisfied even after evicting every candidate evicts nothing;
+//  - committed length only grows and never passes capacity; a sealed region never changes.
+//
+// Requests are validated against Limits; every error names what was wrong and the value.
+// Thread-safe: one mutex guards the table (control plane only; fetches never reach the daemon).
+#ifndef SPARSEKV_SERVER_REGION_TABLE_H_
+#define SPARSEKV_SERVER_REGION_TABLE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/config.h"
+#include "common/geometry.h"
+#include "server/eviction.h"
+#include "server/page_allocator.h"
+#include "server/pool.h"
+#include "sparsekv/v1/control.pb.h"
+
+namespace sparsekv {
+
+class RegionTable {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // `fd_socket_path` is where clients fetch the pool descriptor (memfd backings).
+  RegionTable(const Pool* pool, const DaemonConfig& config, std::unique_ptr<EvictionPolicy> policy,
+              std::string fd_socket_path);
+
+  absl::StatusOr<v1::OpenRegionResponse> Create(const v1::CreateRegionRequest& request);
+  absl::StatusOr<v1::OpenRegionResponse> Open(const v1::OpenRegionRequest& request);
+  absl::StatusOr<v1::ExtendRegionResponse> Extend(const v1::ExtendRegionRequest& request);
+  absl::StatusOr<v1::CommitRegionResponse> Commit(const v1::CommitRegionRequest& request);
+  absl::StatusOr<v1::RenewLeasesResponse> Renew(const v1::RenewLeasesRequest& request);
+  absl::Status Release(const v1::ReleaseLeasesRequest& request);
+  absl::StatusOr<v1::DeleteRegionResponse> Delete(const v1::DeleteRegionRequest& request);
+  absl::StatusOr<v1::ListRegionsResponse> List(const v1::ListRegionsRequest& request);
+  absl::StatusOr<v1::RegionInfo> Get(const v1::GetRegionRequest& request);
+  absl::StatusOr<v1::EvictResponse> Evict(const v1::EvictRequest& request);
+  v1::StatsResponse Stats();
+
+  // Drops expired leases, deletes regions idle past their TTL, reclaims quarantined pages.
+  void Reap(Clock::time_point now);
+
+ private:
+  struct Region {
+    uint64_t id = 0;
+    std::string key;
+    Geometry geometry;
+    int64_t capacity_tokens = 0;
+    int64_t committed_tokens = 0;
+    bool sealed = false;
+    int64_t created_unix_ms = 0;
+    Clock::time_point last_access;
+    int64_t ttl_ms = 0;
+    std::vector<std::vector<uint32_t>> pages;  // [layer] -> pool pages
+    absl::flat_hash_map<uint64_t, Clock::time_point> leases;  // lease id -> expiry
+
+    int64_t page_count() const;
+  };
+
+  absl::Status ValidateKey(const std::string& key) const;
+  absl::StatusOr<Region*> FindLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees enough pages for `pages`, evicting sealed unleased regions if needed (all or nothing).
+  absl::Status MakeRoomLocked(int64_t pages, const std::string& for_what, Clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Grows every layer's page list to hold `tokens`.
+  absl::Status GrowLocked(Region* region, int64_t tokens, Clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the region: revokes leases, quarantines or frees its pages.
+  int64_t RemoveLocked(Region* region, const std::string& reason, Clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t GrantLeaseLocked(Region* region, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasLiveLeaseLocked(const Region& region, Clock::time_point now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FillInfoLocked(const Region& region, Clock::time_point now, v1::RegionInfo* info) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Pool* pool_;
+  const DaemonConfig config_;
+  const std::unique_ptr<EvictionPolicy> policy_;
+  const std::string fd_socket_path_;
+  const std::string host_id_;
+  const Clock::time_point started_;
+  PageAllocator allocator_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Region>> regions_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Region*> lease_owner_ ABSL_GUARDED_BY(mu_);
+  // Why a lease stopped being valid, kept for a while so renewals get a precise reason.
+  absl::flat_hash_map<uint64_t, std::pair<std::string, Clock::time_point>> revoked_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_region_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
+  struct Counters {
+    int64_t evictions = 0, evicted_bytes = 0, expired_regions = 0, creates = 0, deletes = 0;
+  } counters_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_SERVER_REGION_TABLE_H_
