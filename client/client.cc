@@ -1,0 +1,627 @@
+// The client library: control-plane calls, region handles, lease renewal and the fetch path.
+#include "sparsekv/client.h"
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "client/fetch_planner.h"
+#include "client/transports/shm_transport.h"
+#include "common/geometry.h"
+#include "common/grpc_status.h"
+#include "sparsekv/region.h"
+#include "sparsekv/v1/control.grpc.pb.h"
+
+namespace sparsekv {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// The client stops trusting a lease this long before the daemon would let it lapse.
+int64_t LeaseTrustNs(int64_t lease_ms) { return lease_ms * 1'000'000 * 4 / 5; }
+
+// Per-thread scratch for resolved offsets: grows to the largest fetch a thread has made, then
+// never allocates again.
+std::vector<int64_t>& OffsetScratch(size_t n) {
+  thread_local std::vector<int64_t> scratch;
+  if (scratch.size() < n) scratch.resize(n);
+  return scratch;
+}
+
+}  // namespace
+
+// An immutable snapshot of a region's page table; replaced whole when the region grows.
+struct PageTable {
+  std::vector<std::vector<uint32_t>> layers;
+  int64_t capacity_tokens = 0;
+};
+
+struct Client::Impl {
+  ClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Control::Stub> stub;
+
+  absl::Mutex mu;
+  absl::flat_hash_map<std::string, std::shared_ptr<Transport>> transports ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<Region::State*, std::weak_ptr<Region::State>> open ABSL_GUARDED_BY(mu);
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  std::thread renewer;
+  std::atomic<int64_t> lease_ms{10000};  // the shortest lease the daemon has granted us
+
+  std::unique_ptr<grpc::ClientContext> Context() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(options.rpc_timeout_ms));
+    return ctx;
+  }
+  std::string What(const char* call) const { return absl::StrCat(call, " to ", options.server); }
+
+  absl::StatusOr<std::shared_ptr<Transport>> TransportFor(const v1::TransportDescriptor& descriptor);
+  void RenewLoop();
+  void RenewOnce();
+};
+
+struct Region::State {
+  std::shared_ptr<Client::Impl> client;
+  std::string key;
+  uint64_t region_id = 0;
+  Geometry geometry;
+  std::shared_ptr<Transport> transport;
+
+  std::atomic<std::shared_ptr<const PageTable>> table;
+  std::atomic<int64_t> committed{0};
+  std::atomic<bool> sealed{false};
+  std::atomic<uint64_t> lease_id{0};
+  std::atomic<int64_t> lease_deadline_ns{0};
+  std::atomic<bool> revoked{false};
+
+  mutable absl::Mutex mu;
+  std::string revoked_reason ABSL_GUARDED_BY(mu);
+  std::string renew_error ABSL_GUARDED_BY(mu);
+
+  absl::Mutex write_mu;  // serializes Append, Reserve, Commit, Refresh of one handle
+
+  // Takes over what an open (or create) reply says; `sent_ns` is when the request left.
+  void Adopt(const v1::OpenRegionResponse& reply, int64_t sent_ns) {
+    auto next = std::make_shared<PageTable>();
+    for (const auto& layer : reply.layers()) next->layers.emplace_back(layer.pages().begin(), layer.pages().end());
+    next->capacity_tokens = reply.info().capacity_tokens();
+    table.store(std::move(next), std::memory_order_release);
+    committed.store(reply.info().committed_tokens(), std::memory_order_release);
+    sealed.store(reply.info().sealed());
+    lease_id.store(reply.lease().lease_id());
+    lease_deadline_ns.store(sent_ns + LeaseTrustNs(reply.lease().lease_ms()));
+    int64_t seen = client->lease_ms.load();
+    while (reply.lease().lease_ms() < seen &&
+           !client->lease_ms.compare_exchange_weak(seen, reply.lease().lease_ms())) {
+    }
+    {
+      absl::MutexLock lock(&mu);
+      revoked_reason.clear();
+      renew_error.clear();
+    }
+    revoked.store(false, std::memory_order_release);
+  }
+
+  absl::Status CheckLease() const {
+    if (revoked.load(std::memory_order_acquire)) {
+      absl::MutexLock lock(&mu);
+      return absl::NotFoundError(absl::StrFormat("region '%s' is no longer readable through this handle: %s",
+                                                 key, revoked_reason));
+    }
+    int64_t now = NowNs();
+    int64_t deadline = lease_deadline_ns.load(std::memory_order_acquire);
+    if (now >= deadline) {
+      absl::MutexLock lock(&mu);
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "lease on region '%s' lapsed %.0f ms ago%s; Refresh() takes a new one", key,
+          (now - deadline) / 1e6,
+          renew_error.empty() ? "" : absl::StrCat(" (last renewal failed: ", renew_error, ")")));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Refresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    v1::OpenRegionRequest request;
+    request.set_key(key);
+    v1::OpenRegionResponse reply;
+    int64_t sent = NowNs();
+    auto ctx = client->Context();
+    auto status = FromGrpcStatus(client->stub->OpenRegion(ctx.get(), request, &reply), client->What("OpenRegion"));
+    if (!status.ok()) return status;
+    if (reply.info().region_id() != region_id) {
+      return absl::NotFoundError(absl::StrFormat(
+          "region '%s' was deleted and created anew (id %d, this handle had %d); open it again",
+          key, reply.info().region_id(), region_id));
+    }
+    uint64_t old_lease = lease_id.load();
+    Adopt(reply, sent);
+    v1::ReleaseLeasesRequest release;
+    release.add_lease_ids(old_lease);
+    v1::ReleaseLeasesResponse ignored;
+    auto ctx2 = client->Context();
+    client->stub->ReleaseLeases(ctx2.get(), release, &ignored);
+    return absl::OkStatus();
+  }
+
+  // Validates and resolves indices of one layer; refreshes once if the region may have grown.
+  absl::Status Resolve(int32_t layer, absl::Span<const int32_t> indices, absl::Span<int64_t> offsets) {
+    auto snapshot = table.load(std::memory_order_acquire);
+    RegionLayout layout{&key, geometry, &snapshot->layers};
+    absl::Status status = ResolveTopK(layout, layer, indices, committed.load(std::memory_order_acquire), offsets);
+    if (status.ok() || status.code() != absl::StatusCode::kOutOfRange || sealed.load() ||
+        layer < 0 || layer >= geometry.layers) {
+      return status;
+    }
+    // Another handle may have appended since we last heard: look once more before refusing.
+    {
+      absl::MutexLock lock(&write_mu);
+      if (!Refresh().ok()) return status;
+    }
+    snapshot = table.load(std::memory_order_acquire);
+    layout.pages = &snapshot->layers;
+    return ResolveTopK(layout, layer, indices, committed.load(std::memory_order_acquire), offsets);
+  }
+
+  absl::Status ReserveLocked(int64_t capacity_tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    v1::ExtendRegionRequest request;
+    request.set_key(key);
+    request.set_capacity_tokens(capacity_tokens);
+    v1::ExtendRegionResponse reply;
+    auto ctx = client->Context();
+    auto status = FromGrpcStatus(client->stub->ExtendRegion(ctx.get(), request, &reply), client->What("ExtendRegion"));
+    if (!status.ok()) return status;
+    auto next = std::make_shared<PageTable>();
+    for (const auto& layer : reply.layers()) next->layers.emplace_back(layer.pages().begin(), layer.pages().end());
+    next->capacity_tokens = reply.info().capacity_tokens();
+    table.store(std::move(next), std::memory_order_release);
+    return absl::OkStatus();
+  }
+
+  absl::Status CommitLocked(int64_t tokens, bool seal) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    v1::CommitRegionRequest request;
+    request.set_key(key);
+    request.set_committed_tokens(tokens);
+    request.set_seal(seal);
+    v1::CommitRegionResponse reply;
+    auto ctx = client->Context();
+    auto status = FromGrpcStatus(client->stub->CommitRegion(ctx.get(), request, &reply), client->What("CommitRegion"));
+    if (!status.ok()) return status;
+    committed.store(reply.info().committed_tokens(), std::memory_order_release);
+    sealed.store(reply.info().sealed());
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteTokens(int32_t layer, int64_t first_token, absl::Span<const std::byte> entries) {
+    if (sealed.load()) {
+      return absl::FailedPreconditionError(absl::StrFormat("region '%s' is sealed; it accepts no writes", key));
+    }
+    if (auto s = CheckLease(); !s.ok()) return s;
+    if (layer < 0 || layer >= geometry.layers) {
+      return absl::OutOfRangeError(absl::StrFormat("layer %d of region '%s' is not in [0, %d)", layer, key, geometry.layers));
+    }
+    if (entries.size() % geometry.entry_bytes != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "write of %d bytes to region '%s' is not a whole number of %d-byte entries", entries.size(),
+          key, geometry.entry_bytes));
+    }
+    const int64_t n = static_cast<int64_t>(entries.size() / geometry.entry_bytes);
+    auto snapshot = table.load(std::memory_order_acquire);
+    if (first_token < 0 || first_token + n > snapshot->capacity_tokens) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "tokens [%d, %d) of layer %d are outside the capacity %d of region '%s'; Reserve() or "
+          "Append() grows it", first_token, first_token + n, layer, snapshot->capacity_tokens, key));
+    }
+    std::vector<int64_t>& offsets = OffsetScratch(n);
+    const auto& pages = snapshot->layers[layer];
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t t = first_token + i;
+      offsets[i] = static_cast<int64_t>(pages[t / geometry.tokens_per_page]) * geometry.page_bytes +
+                   geometry.OffsetInPage(t);
+    }
+    return transport->Scatter(entries.data(), geometry.entry_bytes, absl::MakeConstSpan(offsets.data(), n));
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::TransportDescriptor& d) {
+  if (options.transport != "auto" && options.transport != "shm") {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "transport '%s' is not available in this build (available: auto, shm)", options.transport));
+  }
+  const auto& shm = d.shm();
+  {
+    absl::MutexLock lock(&mu);
+    if (auto it = transports.find(shm.pool_uuid()); it != transports.end()) return it->second;
+  }
+  ShmPoolAddress address{shm.fd_socket_path(), shm.path(), shm.pool_bytes(), shm.pool_uuid(), shm.host_id()};
+  auto mapped = ShmTransport::Map(address);
+  if (!mapped.ok()) {
+    return absl::Status(mapped.status().code(), absl::StrCat(
+        "no data-plane transport reaches the pool of ", options.server, ": shm/CXL: ",
+        mapped.status().message(), " (network transports are not built yet)"));
+  }
+  std::shared_ptr<Transport> transport = std::move(*mapped);
+  absl::MutexLock lock(&mu);
+  auto [it, inserted] = transports.emplace(shm.pool_uuid(), transport);
+  return it->second;
+}
+
+void Client::Impl::RenewOnce() {
+  std::vector<std::shared_ptr<Region::State>> live;
+  {
+    absl::MutexLock lock(&mu);
+    for (auto it = open.begin(); it != open.end();) {
+      if (auto s = it->second.lock()) {
+        live.push_back(std::move(s));
+        ++it;
+      } else {
+        open.erase(it++);
+      }
+    }
+  }
+  if (live.empty()) return;
+  v1::RenewLeasesRequest request;
+  for (const auto& s : live) request.add_lease_ids(s->lease_id.load());
+  v1::RenewLeasesResponse reply;
+  int64_t sent = NowNs();
+  auto ctx = Context();
+  auto status = FromGrpcStatus(stub->RenewLeases(ctx.get(), request, &reply), What("RenewLeases"));
+  if (!status.ok() || reply.leases_size() != static_cast<int>(live.size())) {
+    std::string why = status.ok() ? "malformed renewal reply" : std::string(status.message());
+    for (const auto& s : live) {
+      absl::MutexLock lock(&s->mu);
+      s->renew_error = why;
+    }
+    return;
+  }
+  for (size_t i = 0; i < live.size(); ++i) {
+    Region::State& s = *live[i];
+    const auto& state = reply.leases(static_cast<int>(i));
+    if (state.lease_id() != s.lease_id.load()) continue;  // refreshed meanwhile
+    if (state.valid()) {
+      s.lease_deadline_ns.store(sent + LeaseTrustNs(state.lease_ms()), std::memory_order_release);
+      // Committed length only grows; a concurrent local commit may be ahead of this reply.
+      int64_t seen = s.committed.load();
+      while (state.committed_tokens() > seen &&
+             !s.committed.compare_exchange_weak(seen, state.committed_tokens())) {
+      }
+      if (state.sealed()) s.sealed.store(true);
+      absl::MutexLock lock(&s.mu);
+      s.renew_error.clear();
+    } else {
+      {
+        absl::MutexLock lock(&s.mu);
+        s.revoked_reason = state.reason();
+      }
+      s.revoked.store(true, std::memory_order_release);
+    }
+  }
+}
+
+void Client::Impl::RenewLoop() {
+  absl::MutexLock lock(&mu);
+  while (!stopping) {
+    // Renew four times per lease period: a lost or slow renewal still leaves time for another.
+    mu.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(lease_ms.load() / 4));
+    if (stopping) break;
+    mu.Unlock();
+    RenewOnce();
+    mu.Lock();
+  }
+}
+
+Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Client::~Client() {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->stopping = true;
+  }
+  if (impl_->renewer.joinable()) impl_->renewer.join();
+}
+
+const ClientOptions& Client::options() const { return impl_->options; }
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (options.rpc_timeout_ms <= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("rpc_timeout_ms must be positive, got %d", options.rpc_timeout_ms));
+  }
+  auto impl = std::make_shared<Impl>();
+  impl->options = options;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  impl->channel = grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args);
+  if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() +
+                                       std::chrono::milliseconds(options.rpc_timeout_ms))) {
+    return absl::UnavailableError(absl::StrFormat("cannot reach sparsekvd at %s within %d ms",
+                                                  options.server, options.rpc_timeout_ms));
+  }
+  impl->stub = v1::Control::NewStub(impl->channel);
+  if (options.renew_leases) {
+    impl->renewer = std::thread([raw = impl.get()] { raw->RenewLoop(); });
+  }
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+namespace {
+
+absl::StatusOr<std::shared_ptr<Region::State>> MakeState(const std::shared_ptr<Client::Impl>& impl,
+                                                         const v1::OpenRegionResponse& reply,
+                                                         int64_t sent_ns) {
+  auto state = std::make_shared<Region::State>();
+  state->client = impl;
+  state->key = reply.info().key();
+  state->region_id = reply.info().region_id();
+  const auto& g = reply.info().geometry();
+  state->geometry.layers = g.layers();
+  state->geometry.entry_bytes = g.entry_bytes();
+  state->geometry.entry_stride_bytes = g.entry_stride_bytes();
+  state->geometry.tokens_per_page = g.tokens_per_page();
+  state->geometry.page_bytes = g.page_bytes();
+  if (g.layers() <= 0 || g.entry_bytes() <= 0 || g.tokens_per_page() <= 0 || g.page_bytes() <= 0 ||
+      reply.layers_size() != g.layers()) {
+    return absl::DataLossError(absl::StrFormat("the daemon described region '%s' inconsistently", state->key));
+  }
+  auto transport = impl->TransportFor(reply.transport());
+  if (!transport.ok()) return transport.status();
+  state->transport = *std::move(transport);
+  state->Adopt(reply, sent_ns);
+  return state;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Region>> Client::Create(const RegionSpec& spec) {
+  v1::CreateRegionRequest request;
+  request.set_key(spec.key);
+  request.set_layers(spec.layers);
+  request.set_entry_bytes(spec.entry_bytes);
+  request.set_capacity_tokens(spec.capacity_tokens);
+  request.set_ttl_ms(spec.ttl_ms);
+  v1::OpenRegionResponse reply;
+  int64_t sent = NowNs();
+  auto ctx = impl_->Context();
+  auto status = FromGrpcStatus(impl_->stub->CreateRegion(ctx.get(), request, &reply), impl_->What("CreateRegion"));
+  if (!status.ok()) return status;
+  auto state = MakeState(impl_, reply, sent);
+  if (!state.ok()) return state.status();
+  {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->open[state->get()] = *state;
+  }
+  return std::shared_ptr<Region>(new Region(*std::move(state)));
+}
+
+absl::StatusOr<std::shared_ptr<Region>> Client::Open(const std::string& key) {
+  v1::OpenRegionRequest request;
+  request.set_key(key);
+  v1::OpenRegionResponse reply;
+  int64_t sent = NowNs();
+  auto ctx = impl_->Context();
+  auto status = FromGrpcStatus(impl_->stub->OpenRegion(ctx.get(), request, &reply), impl_->What("OpenRegion"));
+  if (!status.ok()) return status;
+  auto state = MakeState(impl_, reply, sent);
+  if (!state.ok()) return state.status();
+  {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->open[state->get()] = *state;
+  }
+  return std::shared_ptr<Region>(new Region(*std::move(state)));
+}
+
+absl::Status Client::Delete(const std::string& key) {
+  v1::DeleteRegionRequest request;
+  request.set_key(key);
+  v1::DeleteRegionResponse reply;
+  auto ctx = impl_->Context();
+  return FromGrpcStatus(impl_->stub->DeleteRegion(ctx.get(), request, &reply), impl_->What("DeleteRegion"));
+}
+
+absl::StatusOr<std::vector<RegionInfo>> Client::List(const std::string& key_prefix) {
+  v1::ListRegionsRequest request;
+  request.set_key_prefix(key_prefix);
+  request.set_limit(10000);
+  v1::ListRegionsResponse reply;
+  auto ctx = impl_->Context();
+  auto status = FromGrpcStatus(impl_->stub->ListRegions(ctx.get(), request, &reply), impl_->What("ListRegions"));
+  if (!status.ok()) return status;
+  std::vector<RegionInfo> out;
+  for (const auto& r : reply.regions()) {
+    RegionInfo info;
+    info.key = r.key();
+    info.region_id = r.region_id();
+    info.layers = r.geometry().layers();
+    info.entry_bytes = r.geometry().entry_bytes();
+    info.entry_stride_bytes = r.geometry().entry_stride_bytes();
+    info.capacity_tokens = r.capacity_tokens();
+    info.committed_tokens = r.committed_tokens();
+    info.sealed = r.sealed();
+    info.bytes = r.bytes();
+    info.active_leases = r.active_leases();
+    info.created_unix_ms = r.created_unix_ms();
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+absl::StatusOr<PoolStats> Client::Stats() {
+  v1::StatsResponse reply;
+  auto ctx = impl_->Context();
+  auto status = FromGrpcStatus(impl_->stub->Stats(ctx.get(), v1::StatsRequest(), &reply), impl_->What("Stats"));
+  if (!status.ok()) return status;
+  PoolStats out;
+  out.pool_bytes = reply.pool_bytes();
+  out.used_bytes = reply.used_bytes();
+  out.free_bytes = reply.free_bytes();
+  out.quarantined_bytes = reply.quarantined_bytes();
+  out.regions = reply.regions();
+  out.active_leases = reply.active_leases();
+  out.evictions = reply.evictions();
+  out.backing = reply.backing_detail();
+  return out;
+}
+
+absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
+  size_t total = 0;
+  for (const auto& item : items) total += item.indices.size();
+  std::vector<int64_t>& offsets = OffsetScratch(total);
+  // Pass 1: validate and resolve everything; nothing is written until all of it is good.
+  size_t at = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const FetchItem& item = items[i];
+    if (item.region == nullptr) {
+      return absl::InvalidArgumentError(absl::StrFormat("batch item %d has no region", i));
+    }
+    Region::State& s = *item.region->state_;
+    if (s.client != impl_) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "batch item %d: region '%s' was opened by another client", i, s.key));
+    }
+    size_t need = item.indices.size() * static_cast<size_t>(s.geometry.entry_bytes);
+    if (item.dst.size() < need) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "batch item %d: destination of %d bytes cannot hold %d entries of %d bytes of region '%s'",
+          i, item.dst.size(), item.indices.size(), s.geometry.entry_bytes, s.key));
+    }
+    if (auto st = s.CheckLease(); !st.ok()) {
+      return absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
+    }
+    if (auto st = s.Resolve(item.layer, item.indices, absl::MakeSpan(offsets.data() + at, item.indices.size()));
+        !st.ok()) {
+      return absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
+    }
+    at += item.indices.size();
+  }
+  // Pass 2: move the bytes.
+  at = 0;
+  for (const auto& item : items) {
+    Region::State& s = *item.region->state_;
+    auto st = s.transport->Gather(absl::MakeConstSpan(offsets.data() + at, item.indices.size()),
+                                  s.geometry.entry_bytes, item.dst.data());
+    if (!st.ok()) return st;
+    at += item.indices.size();
+  }
+  // The leases must still have held when the last byte was copied.
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (auto st = items[i].region->state_->CheckLease(); !st.ok()) {
+      return absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Region
+
+Region::Region(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+Region::~Region() {
+  Client::Impl* impl = state_->client.get();
+  {
+    absl::MutexLock lock(&impl->mu);
+    impl->open.erase(state_.get());
+  }
+  v1::ReleaseLeasesRequest request;
+  request.add_lease_ids(state_->lease_id.load());
+  v1::ReleaseLeasesResponse ignored;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  impl->stub->ReleaseLeases(&ctx, request, &ignored);  // best effort: unreleased leases expire
+}
+
+const std::string& Region::key() const { return state_->key; }
+int32_t Region::layers() const { return state_->geometry.layers; }
+int32_t Region::entry_bytes() const { return state_->geometry.entry_bytes; }
+int32_t Region::entry_stride_bytes() const { return state_->geometry.entry_stride_bytes; }
+int32_t Region::tokens_per_page() const { return state_->geometry.tokens_per_page; }
+int64_t Region::capacity_tokens() const { return state_->table.load()->capacity_tokens; }
+int64_t Region::committed_tokens() const { return state_->committed.load(); }
+bool Region::sealed() const { return state_->sealed.load(); }
+absl::Status Region::LeaseStatus() const { return state_->CheckLease(); }
+std::string Region::transport_name() const { return state_->transport->name(); }
+
+absl::Status Region::Write(int32_t layer, int64_t first_token, absl::Span<const std::byte> entries) {
+  return state_->WriteTokens(layer, first_token, entries);
+}
+
+absl::Status Region::Append(absl::Span<const std::byte> entries, int64_t tokens) {
+  State& s = *state_;
+  if (tokens <= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("append to region '%s' of %d tokens", s.key, tokens));
+  }
+  const size_t per_layer = static_cast<size_t>(tokens) * s.geometry.entry_bytes;
+  if (entries.size() != per_layer * s.geometry.layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "append of %d tokens to region '%s' needs %d bytes (%d layers x %d tokens x %d bytes), got %d",
+        tokens, s.key, per_layer * s.geometry.layers, s.geometry.layers, tokens, s.geometry.entry_bytes,
+        entries.size()));
+  }
+  absl::MutexLock lock(&s.write_mu);
+  if (s.sealed.load()) {
+    return absl::FailedPreconditionError(absl::StrFormat("region '%s' is sealed; it accepts no appends", s.key));
+  }
+  const int64_t first = s.committed.load();
+  const int64_t end = first + tokens;
+  if (end > s.table.load()->capacity_tokens) {
+    // Grow by whole pages: pages are what memory costs anyway.
+    int64_t grown = s.geometry.PagesPerLayer(end) * s.geometry.tokens_per_page;
+    if (auto st = s.ReserveLocked(grown); !st.ok()) return st;
+  }
+  for (int32_t layer = 0; layer < s.geometry.layers; ++layer) {
+    if (auto st = s.WriteTokens(layer, first, entries.subspan(layer * per_layer, per_layer)); !st.ok()) return st;
+  }
+  return s.CommitLocked(end, /*seal=*/false);
+}
+
+absl::Status Region::Reserve(int64_t capacity_tokens) {
+  absl::MutexLock lock(&state_->write_mu);
+  if (capacity_tokens <= state_->table.load()->capacity_tokens) return absl::OkStatus();
+  return state_->ReserveLocked(capacity_tokens);
+}
+
+absl::Status Region::Commit(int64_t committed_tokens) {
+  absl::MutexLock lock(&state_->write_mu);
+  return state_->CommitLocked(committed_tokens, /*seal=*/false);
+}
+
+absl::Status Region::Seal() {
+  absl::MutexLock lock(&state_->write_mu);
+  return state_->CommitLocked(state_->committed.load(), /*seal=*/true);
+}
+
+absl::Status Region::Refresh() {
+  absl::MutexLock lock(&state_->write_mu);
+  return state_->Refresh();
+}
+
+absl::Status Region::Fetch(int32_t layer, absl::Span<const int32_t> indices, absl::Span<std::byte> dst) const {
+  State& s = *state_;
+  const size_t need = indices.size() * static_cast<size_t>(s.geometry.entry_bytes);
+  if (dst.size() < need) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "destination of %d bytes cannot hold %d entries of %d bytes of region '%s'", dst.size(),
+        indices.size(), s.geometry.entry_bytes, s.key));
+  }
+  if (auto st = s.CheckLease(); !st.ok()) return st;
+  std::vector<int64_t>& offsets = OffsetScratch(indices.size());
+  auto resolved = absl::MakeSpan(offsets.data(), indices.size());
+  if (auto st = s.Resolve(layer, indices, resolved); !st.ok()) return st;
+  if (auto st = s.transport->Gather(resolved, s.geometry.entry_bytes, dst.data()); !st.ok()) return st;
+  return s.CheckLease();  // the lease must still have held when the copy finished
+}
+
+}  // namespace sparsekv

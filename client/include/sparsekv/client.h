@@ -1,0 +1,113 @@
+// libsparsekv: the client that decode and prefill servers link to read and write latent-cache
+// regions held by sparsekvd.
+//
+// A Client holds one control-plane connection (gRPC over TCP or a Unix socket), the mappings of
+// the pools it reaches (shm/CXL), and a background thread that renews the leases of every open
+// Region. Fetches never talk to the daemon: they resolve token indices to pool addresses from
+// the cached page tables and copy entries straight from the mapped pool.
+//
+// Thread-safe: many decode threads share one Client and its Regions.
+//
+// Errors are absl::Status with the daemon's codes: INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
+// RESOURCE_EXHAUSTED, FAILED_PRECONDITION, OUT_OF_RANGE, UNAVAILABLE, DEADLINE_EXCEEDED.
+#ifndef SPARSEKV_CLIENT_H_
+#define SPARSEKV_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "sparsekv/region.h"
+
+namespace sparsekv {
+
+struct ClientOptions {
+  // "HOST:PORT" or "unix:/path/to/control.sock".
+  std::string server = "127.0.0.1:7370";
+  // Deadline of every control-plane call.
+  int64_t rpc_timeout_ms = 5000;
+  // Data-plane transport: "auto" (shm/CXL when the pool can be mapped) or "shm".
+  std::string transport = "auto";
+  // Renew the leases of open regions in the background (turn off only in tests of lease expiry).
+  bool renew_leases = true;
+};
+
+struct RegionSpec {
+  std::string key;              // client-chosen, unique per daemon (e.g. a request id)
+  int32_t layers = 0;
+  int32_t entry_bytes = 0;      // 656 for the DeepSeek-V3.2 latent cache, 132 for indexer keys
+  int64_t capacity_tokens = 0;  // initial capacity; Append and Reserve grow it
+  int64_t ttl_ms = 0;           // delete after this long idle; 0 for never
+};
+
+struct RegionInfo {
+  std::string key;
+  uint64_t region_id = 0;
+  int32_t layers = 0;
+  int32_t entry_bytes = 0;
+  int32_t entry_stride_bytes = 0;
+  int64_t capacity_tokens = 0;
+  int64_t committed_tokens = 0;
+  bool sealed = false;
+  int64_t bytes = 0;
+  int32_t active_leases = 0;
+  int64_t created_unix_ms = 0;
+};
+
+struct PoolStats {
+  int64_t pool_bytes = 0;
+  int64_t used_bytes = 0;
+  int64_t free_bytes = 0;
+  int64_t quarantined_bytes = 0;
+  int64_t regions = 0;
+  int64_t active_leases = 0;
+  int64_t evictions = 0;
+  std::string backing;
+};
+
+// One (region, layer, top-k indices, destination) item of a batched fetch. The k entries are
+// written densely to dst: entry i at dst[i * entry_bytes].
+struct FetchItem {
+  const Region* region = nullptr;
+  int32_t layer = 0;
+  absl::Span<const int32_t> indices;
+  absl::Span<std::byte> dst;
+};
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Creates a region and opens it for writing (the creator holds a lease).
+  absl::StatusOr<std::shared_ptr<Region>> Create(const RegionSpec& spec);
+  // Opens an existing region by key: page tables, committed length and a lease.
+  absl::StatusOr<std::shared_ptr<Region>> Open(const std::string& key);
+  // Deletes a region. Handles still open keep reading its old bytes until their leases lapse.
+  absl::Status Delete(const std::string& key);
+  absl::StatusOr<std::vector<RegionInfo>> List(const std::string& key_prefix = "");
+  absl::StatusOr<PoolStats> Stats();
+
+  // Fetches every item of a decode batch. All items are validated before any byte is written:
+  // on error nothing is reported as fetched, and the message names the failing item.
+  absl::Status FetchBatch(absl::Span<const FetchItem> items);
+
+  const ClientOptions& options() const;
+
+  struct Impl;
+
+ private:
+  explicit Client(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_CLIENT_H_

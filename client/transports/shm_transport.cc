@@ -1,0 +1,91 @@
+#include "client/transports/shm_transport.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "common/fd_passing.h"
+#include "common/host_id.h"
+
+namespace sparsekv {
+
+void GatherEntries(const std::byte* base, absl::Span<const int64_t> offsets, int32_t entry_bytes,
+                   std::byte* dst, int prefetch_entries) {
+  const size_t n = offsets.size();
+  const size_t bytes = static_cast<size_t>(entry_bytes);
+  const int64_t* off = offsets.data();
+  auto prefetch = [&](size_t i) {
+    const char* p = reinterpret_cast<const char*>(base + off[i]);
+    for (size_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line, 0, 0);
+    __builtin_prefetch(p + bytes - 1, 0, 0);
+  };
+  const size_t ahead = static_cast<size_t>(prefetch_entries);
+  for (size_t i = 0; i < ahead && i < n; ++i) prefetch(i);
+  for (size_t i = 0; i < n; ++i) {
+    if (i + ahead < n) prefetch(i + ahead);
+    std::memcpy(dst + i * bytes, base + off[i], bytes);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ShmTransport>> ShmTransport::Map(const ShmPoolAddress& address) {
+  int fd = -1;
+  if (!address.fd_socket_path.empty()) {
+    auto received = ReceivePoolFd(address.fd_socket_path);
+    if (!received.ok()) return received.status();
+    if (received->pool_uuid != address.pool_uuid) {
+      close(received->fd);
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "pool socket %s serves pool %s, not pool %s: another daemon owns that socket",
+          address.fd_socket_path, received->pool_uuid, address.pool_uuid));
+    }
+    fd = received->fd;
+  } else if (!address.path.empty()) {
+    if (address.host_id != LocalHostId()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "pool file %s is on host %s, not this host (%s)", address.path, address.host_id, LocalHostId()));
+    }
+    fd = open(address.path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+      return absl::PermissionDeniedError(
+          absl::StrFormat("cannot open pool %s: %s", address.path, std::strerror(errno)));
+    }
+  } else {
+    return absl::FailedPreconditionError("the daemon offered no shm access to its pool");
+  }
+  void* addr = mmap(nullptr, address.pool_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int err = errno;
+  close(fd);
+  if (addr == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("cannot map the %d-byte pool: %s", address.pool_bytes, std::strerror(err)));
+  }
+  std::unique_ptr<ShmTransport> transport(new ShmTransport());
+  transport->base_ = static_cast<std::byte*>(addr);
+  transport->size_bytes_ = address.pool_bytes;
+  return transport;
+}
+
+ShmTransport::~ShmTransport() {
+  if (base_ != nullptr) munmap(base_, size_bytes_);
+}
+
+absl::Status ShmTransport::Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes,
+                                  std::byte* dst) {
+  GatherEntries(base_, pool_offsets, entry_bytes, dst);
+  return absl::OkStatus();
+}
+
+absl::Status ShmTransport::Scatter(const std::byte* src, int32_t entry_bytes,
+                                   absl::Span<const int64_t> pool_offsets) {
+  const size_t bytes = static_cast<size_t>(entry_bytes);
+  for (size_t i = 0; i < pool_offsets.size(); ++i) {
+    std::memcpy(base_ + pool_offsets[i], src + i * bytes, bytes);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sparsekv

@@ -1,0 +1,54 @@
+// ShmTransport reads and writes a pool that this process has mapped: a memfd received from the
+// daemon over its Unix socket, a file or hugetlbfs file, or a device-dax CXL device. Gathers
+// are plain loads with software prefetch several entries ahead, so a random top-k gather runs
+// close to the machine's sequential copy bandwidth.
+#ifndef SPARSEKV_CLIENT_TRANSPORTS_SHM_TRANSPORT_H_
+#define SPARSEKV_CLIENT_TRANSPORTS_SHM_TRANSPORT_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "client/transport.h"
+
+namespace sparsekv {
+
+struct ShmPoolAddress {
+  std::string fd_socket_path;  // memfd pools: ask the daemon for the descriptor here
+  std::string path;            // path-backed pools: open this
+  int64_t pool_bytes = 0;
+  std::string pool_uuid;
+  std::string host_id;         // the daemon's host
+};
+
+// How far ahead the gather prefetches, in entries. Tuned with sparsekv-bench.
+inline constexpr int kGatherPrefetchEntries = 8;
+
+// The gather loop itself, exposed for the benchmark and tests.
+void GatherEntries(const std::byte* base, absl::Span<const int64_t> offsets, int32_t entry_bytes,
+                   std::byte* dst, int prefetch_entries = kGatherPrefetchEntries);
+
+class ShmTransport final : public Transport {
+ public:
+  // Maps the pool, or says precisely why this process cannot.
+  static absl::StatusOr<std::unique_ptr<ShmTransport>> Map(const ShmPoolAddress& address);
+  ~ShmTransport() override;
+
+  const char* name() const override { return "shm"; }
+  absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes,
+                      std::byte* dst) override;
+  absl::Status Scatter(const std::byte* src, int32_t entry_bytes,
+                       absl::Span<const int64_t> pool_offsets) override;
+
+  const std::byte* base() const { return base_; }
+  int64_t size_bytes() const { return size_bytes_; }
+
+ private:
+  ShmTransport() = default;
+  std::byte* base_ = nullptr;
+  int64_t size_bytes_ = 0;
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_CLIENT_TRANSPORTS_SHM_TRANSPORT_H_
