@@ -313,10 +313,14 @@ void Client::Impl::RenewOnce() {
 
 void Client::Impl::RenewLoop() {
   absl::MutexLock lock(&mu);
+  auto last = Clock::now();
   while (!stopping) {
-    // Renew four times per lease period: a lost or slow renewal still leaves time for another.
-    mu.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(lease_ms.load() / 4));
+    // Renew four times per lease period, so a lost or slow renewal still leaves time for
+    // another. Wake often enough to notice a shorter lease granted since.
+    mu.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(25));
     if (stopping) break;
+    if (Clock::now() - last < std::chrono::milliseconds(lease_ms.load() / 4)) continue;
+    last = Clock::now();
     mu.Unlock();
     RenewOnce();
     mu.Lock();

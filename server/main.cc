@@ -164,6 +164,8 @@ int Run(int argc, char** argv) {
     unix_target = absl::StrCat("unix:", config.unix_socket);
     builder.AddListeningPort(unix_target, grpc::InsecureServerCredentials());
   }
+  // Without this gRPC binds with SO_REUSEPORT and a second daemon would silently share the port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.SetMaxSendMessageSize(64 << 20);

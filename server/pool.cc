@@ -113,6 +113,55 @@ int64_t DefaultPoolBytes(int64_t page_bytes) {
   return bytes / page_bytes * page_bytes;
 }
 
+namespace {
+
+int64_t MemAvailableBytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string name, unit;
+  int64_t kib;
+  while (meminfo >> name >> kib >> unit) {
+    if (name == "MemAvailable:") return kib * 1024;
+  }
+  return -1;
+}
+
+// Shared memory has no quota of its own: reserving more than the machine has would wake the
+// OOM killer instead of failing. Refuse up front, naming both sizes.
+absl::Status CheckFitsInMemory(int64_t size_bytes, const PoolBackingSpec& spec) {
+  int64_t available = -1;
+  std::string where = "this machine";
+  if (spec.kind == PoolBackingSpec::Kind::kNuma) {
+    long long free_bytes = 0;
+    numa_node_size64(spec.numa_node, &free_bytes);
+    available = free_bytes;
+    where = absl::StrCat("NUMA node ", spec.numa_node);
+  } else {
+    available = MemAvailableBytes();
+  }
+  if (available >= 0 && size_bytes > available) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "a pool of %s does not fit in the %s of memory available on %s; choose a smaller pool size",
+        FormatBytes(size_bytes), FormatBytes(available), where));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFitsInFilesystem(int fd, int64_t size_bytes, const std::string& path) {
+  struct statfs fs;
+  if (fstatfs(fd, &fs) != 0) return absl::OkStatus();
+  struct stat st;
+  int64_t already = fstat(fd, &st) == 0 ? static_cast<int64_t>(st.st_blocks) * 512 : 0;
+  int64_t room = static_cast<int64_t>(fs.f_bavail) * fs.f_bsize + already;
+  if (size_bytes > room) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "a pool of %s does not fit on the filesystem of %s (%s free)", FormatBytes(size_bytes), path,
+        FormatBytes(room)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, int64_t size_bytes,
                                                   bool prefault) {
   std::unique_ptr<Pool> pool(new Pool());
@@ -135,6 +184,7 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
               numa_max_node()));
         }
       }
+      if (auto s = CheckFitsInMemory(size_bytes, spec); !s.ok()) return s;
       fd = memfd_create("sparsekv-pool", MFD_CLOEXEC);
       if (fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", Errno(errno)));
       if (ftruncate(fd, size_bytes) != 0) {
@@ -161,6 +211,10 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
         }
         int64_t huge = fs.f_bsize;
         size_bytes = (size_bytes + huge - 1) / huge * huge;
+      }
+      if (auto s = CheckFitsInFilesystem(fd, size_bytes, spec.path); !s.ok()) {
+        close(fd);
+        return s;
       }
       if (ftruncate(fd, size_bytes) != 0) {
         int err = errno;

@@ -1,0 +1,32 @@
+# Installs the build into a private prefix, then configures, builds and runs an outside project
+# that finds it with find_package(sparsekv CONFIG). Also checks that no generated protobuf
+# header was installed with the public headers.
+file(REMOVE_RECURSE ${WORK_DIR})
+set(PREFIX ${WORK_DIR}/prefix)
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${PREFIX}
+  RESULT_VARIABLE rc OUTPUT_QUIET)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "cmake --install failed: ${rc}")
+endif()
+foreach(f bin/sparsekvd bin/sparsekvctl include/sparsekv/client.h include/sparsekv/region.h)
+  if(NOT EXISTS ${PREFIX}/${f})
+    message(FATAL_ERROR "missing from the install: ${f}")
+  endif()
+endforeach()
+file(GLOB_RECURSE leaked ${PREFIX}/include/*.pb.h)
+if(leaked)
+  message(FATAL_ERROR "generated protobuf headers were installed: ${leaked}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build
+  -DCMAKE_PREFIX_PATH=${PREFIX} RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "configuring the consumer failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/build RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "building the consumer failed")
+endif()
+execute_process(COMMAND ${WORK_DIR}/build/consumer RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the consumer failed: ${rc}")
+endif()

@@ -1,0 +1,134 @@
+#include "tests/support/daemon_fixture.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace sparsekv::testing {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+std::string SparsekvdPath() { return SPARSEKVD_PATH; }
+std::string SparsekvctlPath() { return SPARSEKVCTL_PATH; }
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/sparsekv-test.XXXXXX";
+  char* made = mkdtemp(tmpl);
+  if (made == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = made;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+CommandResult RunCommand(const std::string& command_line) {
+  TempDir dir;
+  std::string out = dir.path() + "/out", err = dir.path() + "/err";
+  std::string full = command_line + " >" + out + " 2>" + err;
+  int status = std::system(full.c_str());
+  CommandResult result;
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  result.out = ReadFile(out);
+  result.err = ReadFile(err);
+  return result;
+}
+
+DaemonFixture::DaemonFixture(DaemonOptions options) {
+  std::string ready = dir_.path() + "/ready.json";
+  std::vector<std::string> args = {SparsekvdPath(),
+                                   "--listen", "127.0.0.1:0",
+                                   "--pool-size", options.pool_size,
+                                   "--runtime-dir", dir_.path(),
+                                   "--ready-file", ready,
+                                   "--lease-ms", std::to_string(options.lease_ms),
+                                   "--reap-interval-ms", std::to_string(std::min<int64_t>(100, options.lease_ms / 4))};
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  std::string log = dir_.path() + "/sparsekvd.log";
+  pid_ = fork();
+  if (pid_ == 0) {
+    FILE* f = freopen(log.c_str(), "w", stderr);
+    (void)f;
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (std::filesystem::exists(ready)) {
+      std::string text = ReadFile(ready);
+      auto at = text.find("\"port\":");
+      address_ = "127.0.0.1:" + std::to_string(std::atoi(text.c_str() + at + 7));
+      return;
+    }
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      throw std::runtime_error("sparsekvd exited during start-up:\n" + ReadFile(log));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Kill();
+  throw std::runtime_error("sparsekvd did not become ready in 20 s:\n" + ReadFile(log));
+}
+
+DaemonFixture::~DaemonFixture() {
+  client_.reset();
+  if (pid_ > 0) Stop();
+}
+
+Client& DaemonFixture::client() {
+  if (!client_) client_ = NewClient();
+  return *client_;
+}
+
+std::unique_ptr<Client> DaemonFixture::NewClient(ClientOptions options) {
+  options.server = address_;
+  auto client = Client::Connect(options);
+  if (!client.ok()) throw std::runtime_error("connect: " + client.status().ToString() + "\n" + Log());
+  return *std::move(client);
+}
+
+CommandResult DaemonFixture::Ctl(const std::string& args) const {
+  return RunCommand(SparsekvctlPath() + " --server " + address_ + " " + args);
+}
+
+int DaemonFixture::Stop() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void DaemonFixture::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+std::string DaemonFixture::Log() const { return ReadFile(dir_.path() + "/sparsekvd.log"); }
+
+}  // namespace sparsekv::testing
