@@ -14,19 +14,29 @@
 namespace sparsekv {
 
 void GatherEntries(const std::byte* base, absl::Span<const int64_t> offsets, int32_t entry_bytes,
-                   std::byte* dst, int prefetch_entries) {
+                   std::byte* dst, GatherPrefetch prefetch) {
   const size_t n = offsets.size();
   const size_t bytes = static_cast<size_t>(entry_bytes);
   const int64_t* off = offsets.data();
-  auto prefetch = [&](size_t i) {
-    const char* p = reinterpret_cast<const char*>(base + off[i]);
-    for (size_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line, 0, 0);
-    __builtin_prefetch(p + bytes - 1, 0, 0);
+  const size_t far = static_cast<size_t>(prefetch.far_entries);
+  const size_t near = static_cast<size_t>(prefetch.near_entries);
+  auto first_line = [&](size_t i) {
+    __builtin_prefetch(reinterpret_cast<const char*>(base + off[i]), 0, 2);
   };
-  const size_t ahead = static_cast<size_t>(prefetch_entries);
-  for (size_t i = 0; i < ahead && i < n; ++i) prefetch(i);
+  auto other_lines = [&](size_t i) {
+    const char* p = reinterpret_cast<const char*>(base + off[i]);
+    for (size_t line = 64; line < bytes; line += 64) __builtin_prefetch(p + line, 0, 2);
+    __builtin_prefetch(p + bytes - 1, 0, 2);  // an unaligned entry's last line
+  };
+  if (far > 0) {
+    for (size_t i = 0; i < far && i < n; ++i) first_line(i);
+  }
+  if (near > 0) {
+    for (size_t i = 0; i < near && i < n; ++i) other_lines(i);
+  }
   for (size_t i = 0; i < n; ++i) {
-    if (i + ahead < n) prefetch(i + ahead);
+    if (far > 0 && i + far < n) first_line(i + far);
+    if (near > 0 && i + near < n) other_lines(i + near);
     std::memcpy(dst + i * bytes, base + off[i], bytes);
   }
 }

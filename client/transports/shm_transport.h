@@ -21,12 +21,19 @@ struct ShmPoolAddress {
   std::string host_id;         // the daemon's host
 };
 
-// How far ahead the gather prefetches, in entries. Tuned with sparsekv-bench.
-inline constexpr int kGatherPrefetchEntries = 8;
+// How far ahead the gather prefetches, in entries. A random top-k gather is bound by how many
+// cache misses are in flight, not by bandwidth: the first line of an entry far ahead starts its
+// page walk and DRAM access early, the rest of its lines follow a few entries ahead. Both go to
+// L2 (prefetcht1): L1 has too few miss buffers to keep enough entries in flight. Tuned with
+// sparsekv-bench; {0, 0} is the plain per-entry memcpy loop.
+struct GatherPrefetch {
+  int far_entries = 32;
+  int near_entries = 8;
+};
 
 // The gather loop itself, exposed for the benchmark and tests.
 void GatherEntries(const std::byte* base, absl::Span<const int64_t> offsets, int32_t entry_bytes,
-                   std::byte* dst, int prefetch_entries = kGatherPrefetchEntries);
+                   std::byte* dst, GatherPrefetch prefetch = {});
 
 class ShmTransport final : public Transport {
  public:

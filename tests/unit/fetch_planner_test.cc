@@ -91,9 +91,11 @@ TEST_CASE("the prefetching gather copies exactly the entries asked for, densely"
   std::vector<int32_t> idx = {63, 0, 5, 5, 17, 40, 1, 2, 3, 62, 31};
   std::vector<int64_t> off;
   for (int32_t t : idx) off.push_back(int64_t{t} * stride);
-  for (int ahead : {0, 1, 4, 8, 32}) {
+  for (GatherPrefetch prefetch : {GatherPrefetch{0, 0}, GatherPrefetch{1, 1}, GatherPrefetch{4, 2},
+                                  GatherPrefetch{}, GatherPrefetch{64, 32}}) {
+    int ahead = prefetch.far_entries;
     std::vector<std::byte> dst(idx.size() * entry + 1, std::byte{0x11});
-    GatherEntries(pool.data(), off, entry, dst.data(), ahead);
+    GatherEntries(pool.data(), off, entry, dst.data(), prefetch);
     for (size_t i = 0; i < idx.size(); ++i) {
       INFO("ahead " << ahead << " entry " << i);
       REQUIRE(EntryMatches(7, 0, idx[i], entry, dst.data() + i * entry));
