@@ -12,8 +12,9 @@
 //               same-run memcpy, and (batch 1) the full-prefix baseline SAC compares against.
 //
 // Usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads]
-//                       [--steps N] [--reps N] [--quick]
-// Without --server it starts its own sparsekvd on loopback with a pool of --memory-budget.
+//                       [--steps N] [--reps N] [--quick] [--backing B]
+// Without --server it starts its own sparsekvd on loopback with a pool of --memory-budget on
+// backing B (default memfd; memfd-hugetlb needs vm.nr_hugepages reserved).
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -58,11 +59,14 @@ struct Labels {
   int batch = 0;
 };
 
+std::string g_backing = "memfd";  // of the pool measured, for every line
+
 void Emit(const Labels& l, const std::string& metric, double value, const std::string& unit,
           double ratio = -1, const std::string& ratio_to = "") {
   std::string line = absl::StrFormat("{\"workload\":\"%s\",\"transport\":\"%s\"", l.workload, l.transport);
   if (l.batch > 0) absl::StrAppendFormat(&line, ",\"batch\":%d", l.batch);
   if (!l.indices.empty()) absl::StrAppendFormat(&line, ",\"indices\":\"%s\"", l.indices);
+  absl::StrAppendFormat(&line, ",\"backing\":\"%s\"", g_backing);
   absl::StrAppendFormat(&line, ",\"metric\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"", metric, value, unit);
   if (ratio >= 0) absl::StrAppendFormat(&line, ",\"ratio\":%.4f,\"ratio_to\":\"%s\"", ratio, ratio_to);
   std::printf("%s}\n", line.c_str());
@@ -326,11 +330,12 @@ int Main(int argc, char** argv) {
       if (!parsed.ok()) { std::fprintf(stderr, "--memory-budget: %s\n", std::string(parsed.status().message()).c_str()); return 2; }
       budget = *parsed;
     } else if (a == "--only") only = value();
+    else if (a == "--backing") g_backing = value();
     else if (a == "--steps") steps = std::atoi(value().c_str());
     else if (a == "--reps") reps = std::atoi(value().c_str());
     else if (a == "--quick") quick = true;
     else {
-      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick]\n");
+      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -350,7 +355,8 @@ int Main(int argc, char** argv) {
   if (server.empty()) {
     try {
       daemon = std::make_unique<testing::DaemonFixture>(testing::DaemonOptions{
-          .pool_size = absl::StrCat(budget / (1 << 20), "MiB"), .lease_ms = 30000, .extra_args = {}});
+          .pool_size = absl::StrCat(budget / (1 << 20), "MiB"), .lease_ms = 30000,
+          .extra_args = {"--backing", g_backing}});
     } catch (const std::exception& e) {
       std::fprintf(stderr, "cannot start sparsekvd: %s\n", e.what());
       return 1;

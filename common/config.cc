@@ -53,7 +53,7 @@ const std::vector<Option>& Options() {
   static const auto* options = new std::vector<Option>{
       {"pool.size", "--pool-size", "pool size, like 512MiB or 4GiB (default: 1/4 of available memory, at most 4GiB)",
        [](DaemonConfig* c, const std::string& v) { return SetSize("pool.size", v, &c->pool_bytes); }},
-      {"pool.backing", "--backing", "memfd | file:PATH | hugetlbfs:PATH | devdax:/dev/daxX.Y | numa:N (default memfd)",
+      {"pool.backing", "--backing", "memfd | memfd-hugetlb | file:PATH | hugetlbfs:PATH | devdax:/dev/daxX.Y | numa:N (default memfd)",
        [](DaemonConfig* c, const std::string& v) { c->backing = v; return absl::OkStatus(); }},
       {"pool.page_size", "--page-size", "pool page size, a multiple of 64 bytes (default 256KiB)",
        [](DaemonConfig* c, const std::string& v) { return SetSize("pool.page_size", v, &c->page_bytes); }},

@@ -62,6 +62,8 @@ absl::StatusOr<PoolBackingSpec> ParseBackingSpec(const std::string& text) {
   absl::string_view rest = text;
   if (text == "memfd" || text.empty()) {
     spec.kind = PoolBackingSpec::Kind::kMemfd;
+  } else if (text == "memfd-hugetlb") {
+    spec.kind = PoolBackingSpec::Kind::kMemfdHugetlb;
   } else if (absl::ConsumePrefix(&rest, "file:")) {
     spec.kind = PoolBackingSpec::Kind::kFile;
     spec.path = std::string(rest);
@@ -79,10 +81,11 @@ absl::StatusOr<PoolBackingSpec> ParseBackingSpec(const std::string& text) {
     }
   } else {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "backing '%s' is unknown (use memfd, file:PATH, hugetlbfs:PATH, devdax:/dev/daxX.Y or numa:N)",
+        "backing '%s' is unknown (use memfd, memfd-hugetlb, file:PATH, hugetlbfs:PATH, devdax:/dev/daxX.Y or numa:N)",
         text));
   }
-  if (spec.kind != PoolBackingSpec::Kind::kMemfd && spec.kind != PoolBackingSpec::Kind::kNuma &&
+  if (spec.kind != PoolBackingSpec::Kind::kMemfd && spec.kind != PoolBackingSpec::Kind::kMemfdHugetlb &&
+      spec.kind != PoolBackingSpec::Kind::kNuma &&
       spec.path.empty()) {
     return absl::InvalidArgumentError(absl::StrFormat("backing '%s' needs a path", text));
   }
@@ -92,6 +95,7 @@ absl::StatusOr<PoolBackingSpec> ParseBackingSpec(const std::string& text) {
 const char* BackingKindName(PoolBackingSpec::Kind kind) {
   switch (kind) {
     case PoolBackingSpec::Kind::kMemfd: return "memfd";
+    case PoolBackingSpec::Kind::kMemfdHugetlb: return "memfd-hugetlb";
     case PoolBackingSpec::Kind::kFile: return "file";
     case PoolBackingSpec::Kind::kHugetlbfs: return "hugetlbfs";
     case PoolBackingSpec::Kind::kDevdax: return "devdax";
@@ -123,6 +127,17 @@ int64_t MemAvailableBytes() {
     if (name == "MemAvailable:") return kib * 1024;
   }
   return -1;
+}
+
+int64_t FreeHugePages2M() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  int64_t free_pages = 0, page_kib = 0;
+  while (std::getline(meminfo, line)) {
+    std::sscanf(line.c_str(), "HugePages_Free: %ld", &free_pages);
+    std::sscanf(line.c_str(), "Hugepagesize: %ld kB", &page_kib);
+  }
+  return page_kib == 2048 ? free_pages : 0;
 }
 
 // Shared memory has no quota of its own: reserving more than the machine has would wake the
@@ -195,6 +210,27 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
       }
       break;
     }
+    case PoolBackingSpec::Kind::kMemfdHugetlb: {
+      constexpr int64_t kHuge = 2 << 20;
+      size_bytes = (size_bytes + kHuge - 1) / kHuge * kHuge;
+      int64_t free_huge = FreeHugePages2M();
+      if (free_huge * kHuge < size_bytes) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "backing memfd-hugetlb: a %s pool needs %d free 2 MiB huge pages, %d are free; "
+            "reserve them with `sysctl vm.nr_hugepages=%d` (or use the memfd backing)",
+            FormatBytes(size_bytes), size_bytes / kHuge, free_huge, size_bytes / kHuge));
+      }
+      fd = memfd_create("sparsekv-pool", MFD_CLOEXEC | MFD_HUGETLB);
+      if (fd < 0) return absl::FailedPreconditionError(absl::StrCat("memfd_create(MFD_HUGETLB): ", Errno(errno)));
+      if (ftruncate(fd, size_bytes) != 0) {
+        int err = errno;
+        close(fd);
+        return absl::ResourceExhaustedError(absl::StrFormat("cannot size the huge-page pool to %s: %s",
+                                                            FormatBytes(size_bytes), Errno(err)));
+      }
+      mmap_flags |= MAP_POPULATE;  // hugetlb pages are reserved at mmap; populate touches them
+      break;
+    }
     case PoolBackingSpec::Kind::kFile:
     case PoolBackingSpec::Kind::kHugetlbfs: {
       fd = open(spec.path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0660);
@@ -250,7 +286,7 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
     }
   }
   if (prefault && spec.kind != PoolBackingSpec::Kind::kDevdax &&
-      spec.kind != PoolBackingSpec::Kind::kNuma) {
+      spec.kind != PoolBackingSpec::Kind::kNuma && spec.kind != PoolBackingSpec::Kind::kMemfdHugetlb) {
     if (auto s = Reserve(fd, size_bytes, BackingKindName(spec.kind)); !s.ok()) {
       close(fd);
       return s;
@@ -309,6 +345,7 @@ std::string Pool::client_path() const {
 std::string Pool::Describe() const {
   switch (spec_.kind) {
     case PoolBackingSpec::Kind::kMemfd: return "memfd";
+    case PoolBackingSpec::Kind::kMemfdHugetlb: return "memfd-hugetlb";
     case PoolBackingSpec::Kind::kNuma: return absl::StrCat("numa:", spec_.numa_node);
     default: return absl::StrCat(BackingKindName(spec_.kind), ":", spec_.path);
   }

@@ -3,6 +3,8 @@
 //
 // Backings:
 //   memfd              anonymous shared memory; clients get the descriptor over a Unix socket
+//   memfd-hugetlb      the same on 2 MiB huge pages from the kernel's reserved pool
+//                      (vm.nr_hugepages): far fewer TLB misses on random top-k gathers
 //   file:PATH          a file (tmpfs for CXL emulation, or any filesystem); clients open PATH
 //   hugetlbfs:PATH     a file on a hugetlbfs mount; size rounded to the huge page size
 //   devdax:/dev/daxX.Y CXL Type-3 memory in device-dax mode; mapped whole-aligned
@@ -23,7 +25,7 @@
 namespace sparsekv {
 
 struct PoolBackingSpec {
-  enum class Kind { kMemfd, kFile, kHugetlbfs, kDevdax, kNuma };
+  enum class Kind { kMemfd, kMemfdHugetlb, kFile, kHugetlbfs, kDevdax, kNuma };
   Kind kind = Kind::kMemfd;
   std::string path;   // file, hugetlbfs, devdax
   int numa_node = -1; // numa

@@ -27,7 +27,7 @@ struct ShmPoolAddress {
 // L2 (prefetcht1): L1 has too few miss buffers to keep enough entries in flight. Tuned with
 // sparsekv-bench; {0, 0} is the plain per-entry memcpy loop.
 struct GatherPrefetch {
-  int far_entries = 32;
+  int far_entries = 16;
   int near_entries = 8;
 };
 

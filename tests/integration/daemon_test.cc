@@ -68,6 +68,11 @@ TEST_CASE("a backing that cannot be had stops start-up with a clear error and no
   auto hugetlb = Daemon("--pool-size 64MiB --backing hugetlbfs:" + dir.path() + "/pool --ready-file " + ready, dir);
   REQUIRE(hugetlb.exit_code == 1);
   REQUIRE(Has(hugetlb.err, "not on a hugetlbfs mount"));
+  if (std::ifstream("/proc/meminfo").good()) {
+    auto huge = Daemon("--pool-size 64TiB --backing memfd-hugetlb --ready-file " + ready, dir);
+    REQUIRE(huge.exit_code == 1);
+    REQUIRE(Has(huge.err, "vm.nr_hugepages"));
+  }
   auto too_big = Daemon("--pool-size 64TiB --ready-file " + ready, dir);
   REQUIRE(too_big.exit_code == 1);
   REQUIRE(Has(too_big.err, "pool"));
