@@ -212,10 +212,13 @@ int RunGather(Client& client, const std::string& server, int reps, bool quick) {
   return wrong == 0 ? 0 : 1;
 }
 
+std::string g_workloads;  // comma-separated names to run; empty: all
+
 int RunWorkloads(Client& client, int64_t budget_bytes, int steps, bool quick) {
   int failures = 0;
   const int64_t memcpy_bytes = int64_t{64} << 20;
   for (const Workload& w : quick ? QuickWorkloads() : StandardWorkloads()) {
+    if (!g_workloads.empty() && absl::StrCat(",", g_workloads, ",").find(absl::StrCat(",", w.name, ",")) == std::string::npos) continue;
     const int32_t stride = static_cast<int32_t>((w.entry_bytes + 63) / 64 * 64);
     const int64_t region_bytes = w.context_tokens * w.layers * stride;
     const int max_batch = *std::max_element(w.batches.begin(), w.batches.end());
@@ -331,11 +334,12 @@ int Main(int argc, char** argv) {
       budget = *parsed;
     } else if (a == "--only") only = value();
     else if (a == "--backing") g_backing = value();
+    else if (a == "--workloads") g_workloads = value();
     else if (a == "--steps") steps = std::atoi(value().c_str());
     else if (a == "--reps") reps = std::atoi(value().c_str());
     else if (a == "--quick") quick = true;
     else {
-      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...]\n");
+      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer]\n");
       return a == "--help" ? 0 : 2;
     }
   }

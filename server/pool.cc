@@ -314,15 +314,15 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
       if (auto s = Reserve(fd, size_bytes, absl::StrCat("NUMA node ", spec.numa_node)); !s.ok()) return s;
     }
   }
-  if (prefault) {
-    // Touch every page so the first fetches do not pay for faults.
+  if (prefault && spec.kind == PoolBackingSpec::Kind::kDevdax) {
+    // Device memory cannot be reserved with fallocate; touch it once so a bad device fails now.
     if (madvise(addr, size_bytes, MADV_POPULATE_WRITE) != 0) {
-      const int64_t step = 4096;
-      for (int64_t off = 0; off < size_bytes; off += step) {
-        reinterpret_cast<volatile char*>(addr)[off] = 0;
-      }
+      for (int64_t off = 0; off < size_bytes; off += 2 << 20) reinterpret_cast<volatile char*>(addr)[off] = 0;
     }
   }
+  // Other backings were reserved with fallocate above. The daemon itself never touches pool
+  // memory, so populating its own page tables would only cost start-up time: clients map the
+  // pool and fault their own pages in.
   return pool;
 }
 

@@ -72,7 +72,7 @@ DaemonFixture::DaemonFixture(DaemonOptions options) {
     execv(argv[0], argv.data());
     _exit(127);
   }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (std::chrono::steady_clock::now() < deadline) {
     if (std::filesystem::exists(ready)) {
       std::string text = ReadFile(ready);
@@ -88,7 +88,7 @@ DaemonFixture::DaemonFixture(DaemonOptions options) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   Kill();
-  throw std::runtime_error("sparsekvd did not become ready in 20 s:\n" + ReadFile(log));
+  throw std::runtime_error("sparsekvd did not become ready in 120 s:\n" + ReadFile(log));
 }
 
 DaemonFixture::~DaemonFixture() {
