@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/fetch_planner.h"
 #include "client/transports/shm_transport.h"
+#include "client/worker_pool.h"
 #include "common/geometry.h"
 #include "common/grpc_status.h"
 #include "sparsekv/region.h"
@@ -57,6 +58,7 @@ struct Client::Impl {
   bool stopping ABSL_GUARDED_BY(mu) = false;
   std::thread renewer;
   std::atomic<int64_t> lease_ms{10000};  // the shortest lease the daemon has granted us
+  std::unique_ptr<WorkerPool> fetch_workers;  // helpers for large batches (fetch_threads > 1)
 
   std::unique_ptr<grpc::ClientContext> Context() const {
     auto ctx = std::make_unique<grpc::ClientContext>();
@@ -340,6 +342,9 @@ Client::~Client() {
 const ClientOptions& Client::options() const { return impl_->options; }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (options.fetch_threads < 1 || options.fetch_threads > 256) {
+    return absl::InvalidArgumentError(absl::StrFormat("fetch_threads must be in [1, 256], got %d", options.fetch_threads));
+  }
   if (options.rpc_timeout_ms <= 0) {
     return absl::InvalidArgumentError(absl::StrFormat("rpc_timeout_ms must be positive, got %d", options.rpc_timeout_ms));
   }
@@ -355,6 +360,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
                                                   options.server, options.rpc_timeout_ms));
   }
   impl->stub = v1::Control::NewStub(impl->channel);
+  if (options.fetch_threads > 1) impl->fetch_workers = std::make_unique<WorkerPool>(options.fetch_threads - 1);
   if (options.renew_leases) {
     impl->renewer = std::thread([raw = impl.get()] { raw->RenewLoop(); });
   }
@@ -510,15 +516,31 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
     }
     at += item.indices.size();
   }
-  // Pass 2: move the bytes.
-  at = 0;
-  for (const auto& item : items) {
-    Region::State& s = *item.region->state_;
-    auto st = s.transport->Gather(absl::MakeConstSpan(offsets.data() + at, item.indices.size()),
-                                  s.geometry.entry_bytes, item.dst.data());
-    if (!st.ok()) return st;
-    at += item.indices.size();
+  // Pass 2: move the bytes, on helper threads too when the batch is large.
+  std::vector<size_t> starts(items.size());
+  size_t bytes = 0;
+  for (size_t i = 0, at = 0; i < items.size(); at += items[i].indices.size(), ++i) {
+    starts[i] = at;
+    bytes += items[i].indices.size() * static_cast<size_t>(items[i].region->state_->geometry.entry_bytes);
   }
+  absl::Mutex error_mu;
+  absl::Status error;
+  const int64_t* resolved = offsets.data();
+  std::function<void(size_t)> copy_item = [&](size_t i) {
+    Region::State& s = *items[i].region->state_;
+    auto st = s.transport->Gather(absl::MakeConstSpan(resolved + starts[i], items[i].indices.size()),
+                                  s.geometry.entry_bytes, items[i].dst.data());
+    if (!st.ok()) {
+      absl::MutexLock lock(&error_mu);
+      if (error.ok()) error = absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
+    }
+  };
+  if (impl_->fetch_workers && static_cast<int64_t>(bytes) >= impl_->options.fetch_parallel_min_bytes) {
+    impl_->fetch_workers->ParallelFor(items.size(), copy_item);
+  } else {
+    for (size_t i = 0; i < items.size(); ++i) copy_item(i);
+  }
+  if (!error.ok()) return error;
   // The leases must still have held when the last byte was copied.
   for (size_t i = 0; i < items.size(); ++i) {
     if (auto st = items[i].region->state_->CheckLease(); !st.ok()) {

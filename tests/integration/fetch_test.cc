@@ -129,3 +129,40 @@ TEST_CASE("eight client threads (and two clients) fetch concurrently, byte-exact
   REQUIRE(wrong == 0);
   REQUIRE(fetched == 10 * 60 * 512);
 }
+
+TEST_CASE("large batches are copied by helper threads, byte-exact, also from several callers at once", "[fetch][batch][threads]") {
+  DaemonFixture daemon({.pool_size = "128MiB"});
+  auto client = daemon.NewClient({.fetch_threads = 3, .fetch_parallel_min_bytes = 1});
+  const int kLayers = 8, kTokens = 3000, kK = 700;
+  auto region = MakePatternRegion(*client, "parallel", kLayers, 656, kTokens, 31, true);
+  REQUIRE(region.ok());
+  std::atomic<int64_t> wrong{0}, errors{0};
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 3; ++c) {
+    callers.emplace_back([&, c] {
+      std::mt19937 rng(c);
+      std::uniform_int_distribution<int32_t> any(0, kTokens - 1);
+      std::vector<std::vector<int32_t>> idx(kLayers, std::vector<int32_t>(kK));
+      std::vector<std::vector<std::byte>> dst(kLayers, std::vector<std::byte>(kK * 656));
+      for (int round = 0; round < 20; ++round) {
+        std::vector<FetchItem> items;
+        for (int l = 0; l < kLayers; ++l) {
+          for (auto& t : idx[l]) t = any(rng);
+          items.push_back({region->get(), l, idx[l], absl::MakeSpan(dst[l])});
+        }
+        if (!client->FetchBatch(items).ok()) {
+          errors++;
+          continue;
+        }
+        for (int l = 0; l < kLayers; ++l) wrong += CountWrong(31, l, idx[l], 656, dst[l]);
+      }
+    });
+  }
+  for (auto& t : callers) t.join();
+  REQUIRE(errors == 0);
+  REQUIRE(wrong == 0);
+  ClientOptions bad;
+  bad.server = daemon.address();
+  bad.fetch_threads = 0;
+  REQUIRE(Client::Connect(bad).status().code() == absl::StatusCode::kInvalidArgument);
+}

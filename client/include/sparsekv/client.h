@@ -35,6 +35,10 @@ struct ClientOptions {
   std::string transport = "auto";
   // Renew the leases of open regions in the background (turn off only in tests of lease expiry).
   bool renew_leases = true;
+  // Threads that copy one FetchBatch: 1 copies on the calling thread only; N adds N-1 helper
+  // threads owned by the Client, used for batches of at least fetch_parallel_min_bytes.
+  int32_t fetch_threads = 1;
+  int64_t fetch_parallel_min_bytes = int64_t{4} << 20;
 };
 
 struct RegionSpec {
