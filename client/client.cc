@@ -393,6 +393,33 @@ absl::StatusOr<std::shared_ptr<Region::State>> MakeState(const std::shared_ptr<C
   return state;
 }
 
+// Turns an open or create reply into a handle the renewer knows about. If this client cannot
+// use it (no transport reaches the pool), gives back what the reply granted: the lease, and the
+// region itself when this call created it, so nothing is left behind that nobody can write.
+absl::StatusOr<std::shared_ptr<Region::State>> AdoptReply(const std::shared_ptr<Client::Impl>& impl,
+                                                          const v1::OpenRegionResponse& reply,
+                                                          int64_t sent_ns, bool created) {
+  auto state = MakeState(impl, reply, sent_ns);
+  if (!state.ok()) {
+    v1::ReleaseLeasesRequest release;
+    release.add_lease_ids(reply.lease().lease_id());
+    v1::ReleaseLeasesResponse released;
+    auto ctx = impl->Context();
+    impl->stub->ReleaseLeases(ctx.get(), release, &released);
+    if (created) {
+      v1::DeleteRegionRequest del;
+      del.set_key(reply.info().key());
+      v1::DeleteRegionResponse deleted;
+      auto ctx2 = impl->Context();
+      impl->stub->DeleteRegion(ctx2.get(), del, &deleted);
+    }
+    return state.status();
+  }
+  absl::MutexLock lock(&impl->mu);
+  impl->open[state->get()] = *state;
+  return state;
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<Region>> Client::Create(const RegionSpec& spec) {
@@ -407,12 +434,8 @@ absl::StatusOr<std::shared_ptr<Region>> Client::Create(const RegionSpec& spec) {
   auto ctx = impl_->Context();
   auto status = FromGrpcStatus(impl_->stub->CreateRegion(ctx.get(), request, &reply), impl_->What("CreateRegion"));
   if (!status.ok()) return status;
-  auto state = MakeState(impl_, reply, sent);
+  auto state = AdoptReply(impl_, reply, sent, /*created=*/true);
   if (!state.ok()) return state.status();
-  {
-    absl::MutexLock lock(&impl_->mu);
-    impl_->open[state->get()] = *state;
-  }
   return std::shared_ptr<Region>(new Region(*std::move(state)));
 }
 
@@ -424,12 +447,8 @@ absl::StatusOr<std::shared_ptr<Region>> Client::Open(const std::string& key) {
   auto ctx = impl_->Context();
   auto status = FromGrpcStatus(impl_->stub->OpenRegion(ctx.get(), request, &reply), impl_->What("OpenRegion"));
   if (!status.ok()) return status;
-  auto state = MakeState(impl_, reply, sent);
+  auto state = AdoptReply(impl_, reply, sent, /*created=*/false);
   if (!state.ok()) return state.status();
-  {
-    absl::MutexLock lock(&impl_->mu);
-    impl_->open[state->get()] = *state;
-  }
   return std::shared_ptr<Region>(new Region(*std::move(state)));
 }
 

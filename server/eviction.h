@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -17,7 +18,7 @@
 namespace sparsekv {
 
 struct EvictionCandidate {
-  uint64_t region_id = 0;
+  std::string key;
   int64_t pages = 0;
   std::chrono::steady_clock::time_point last_access;
 };

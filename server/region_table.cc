@@ -55,6 +55,14 @@ absl::Status RegionTable::ValidateKey(const std::string& key) const {
   return absl::OkStatus();
 }
 
+absl::Status RegionTable::CheckLeaseIdCount(int count) const {
+  if (count > config_.limits.max_lease_ids) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d lease ids in one request; the limit is %d", count, config_.limits.max_lease_ids));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RegionTable::Region*> RegionTable::FindLocked(const std::string& key) {
   if (auto s = ValidateKey(key); !s.ok()) return s;
   auto it = regions_.find(key);
@@ -71,19 +79,26 @@ bool RegionTable::HasLiveLeaseLocked(const Region& region, Clock::time_point now
   return false;
 }
 
+std::vector<EvictionCandidate> RegionTable::EvictionCandidatesLocked(Clock::time_point now) {
+  std::vector<EvictionCandidate> candidates;
+  for (const auto& [key, region] : regions_) {
+    if (region->sealed && !HasLiveLeaseLocked(*region, now)) {
+      candidates.push_back({region->key, region->page_count(), region->last_access});
+    }
+  }
+  policy_->Order(&candidates);
+  return candidates;
+}
+
 absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_what,
                                          Clock::time_point now) {
   allocator_.ReclaimExpired(now);
   int64_t free_pages = allocator_.free_pages();
   if (free_pages >= pages) return absl::OkStatus();
 
-  std::vector<EvictionCandidate> candidates;
+  std::vector<EvictionCandidate> candidates = EvictionCandidatesLocked(now);
   int64_t evictable = 0;
-  for (const auto& [key, region] : regions_) {
-    if (!region->sealed || HasLiveLeaseLocked(*region, now)) continue;
-    candidates.push_back({region->id, region->page_count(), region->last_access});
-    evictable += candidates.back().pages;
-  }
+  for (const auto& candidate : candidates) evictable += candidate.pages;
   if (free_pages + evictable < pages) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "pool exhausted: %s needs %d pages (%s); %d pages free, %d quarantined until leases "
@@ -92,22 +107,22 @@ absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_w
         allocator_.quarantined_pages(), evictable, candidates.size(),
         FormatBytes(pool_->size_bytes())));
   }
-  policy_->Order(&candidates);
-  absl::flat_hash_map<uint64_t, Region*> by_id;
-  for (auto& [key, region] : regions_) by_id[region->id] = region.get();
   for (const auto& candidate : candidates) {
     if (free_pages >= pages) break;
-    Region* victim = by_id[candidate.region_id];
-    SKV_LOG_INFO("evict", "evicting region '%s' (%s, %s idle) to make room for %s", victim->key,
-                 FormatBytes(candidate.pages * config_.page_bytes),
-                 absl::StrFormat("%.1fs", std::chrono::duration<double>(now - victim->last_access).count()),
-                 for_what);
-    counters_.evictions++;
-    counters_.evicted_bytes += candidate.pages * config_.page_bytes;
-    RemoveLocked(victim, absl::StrFormat("evicted to make room for %s", for_what), now);
+    EvictLocked(regions_[candidate.key].get(), absl::StrFormat("to make room for %s", for_what), now);
     free_pages = allocator_.free_pages();
   }
   return absl::OkStatus();
+}
+
+int64_t RegionTable::EvictLocked(Region* victim, const std::string& why, Clock::time_point now) {
+  SKV_LOG_INFO("evict", "evicting region '%s' (%s, %.1fs idle) %s", victim->key,
+               FormatBytes(victim->page_count() * config_.page_bytes),
+               std::chrono::duration<double>(now - victim->last_access).count(), why);
+  int64_t bytes = RemoveLocked(victim, absl::StrCat("evicted ", why), now);
+  counters_.evictions++;
+  counters_.evicted_bytes += bytes;
+  return bytes;
 }
 
 absl::Status RegionTable::GrowLocked(Region* region, int64_t tokens, Clock::time_point now) {
@@ -334,10 +349,7 @@ absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitReg
 }
 
 absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeasesRequest& req) {
-  if (req.lease_ids_size() > config_.limits.max_lease_ids) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%d lease ids in one request; the limit is %d", req.lease_ids_size(), config_.limits.max_lease_ids));
-  }
+  if (auto s = CheckLeaseIdCount(req.lease_ids_size()); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto now = Clock::now();
   v1::RenewLeasesResponse out;
@@ -372,10 +384,7 @@ absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeases
 }
 
 absl::Status RegionTable::Release(const v1::ReleaseLeasesRequest& req) {
-  if (req.lease_ids_size() > config_.limits.max_lease_ids) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%d lease ids in one request; the limit is %d", req.lease_ids_size(), config_.limits.max_lease_ids));
-  }
+  if (auto s = CheckLeaseIdCount(req.lease_ids_size()); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   for (uint64_t id : req.lease_ids()) {
     auto owner = lease_owner_.find(id);
@@ -440,26 +449,12 @@ absl::StatusOr<v1::EvictResponse> RegionTable::Evict(const v1::EvictRequest& req
   }
   absl::MutexLock lock(&mu_);
   auto now = Clock::now();
-  std::vector<EvictionCandidate> candidates;
-  for (const auto& [key, region] : regions_) {
-    if (region->sealed && !HasLiveLeaseLocked(*region, now)) {
-      candidates.push_back({region->id, region->page_count(), region->last_access});
-    }
-  }
-  policy_->Order(&candidates);
-  absl::flat_hash_map<uint64_t, Region*> by_id;
-  for (auto& [key, region] : regions_) by_id[region->id] = region.get();
+  std::vector<EvictionCandidate> candidates = EvictionCandidatesLocked(now);
   v1::EvictResponse out;
   for (const auto& candidate : candidates) {
     if (out.evicted_bytes() >= req.bytes()) break;
-    Region* victim = by_id[candidate.region_id];
-    out.add_evicted_keys(victim->key);
-    SKV_LOG_INFO("evict", "evicting region '%s' (%s) on request", victim->key,
-                 FormatBytes(candidate.pages * config_.page_bytes));
-    int64_t bytes = RemoveLocked(victim, "evicted on request", now);
-    out.set_evicted_bytes(out.evicted_bytes() + bytes);
-    counters_.evictions++;
-    counters_.evicted_bytes += bytes;
+    out.add_evicted_keys(candidate.key);
+    out.set_evicted_bytes(out.evicted_bytes() + EvictLocked(regions_[candidate.key].get(), "on request", now));
   }
   return out;
 }

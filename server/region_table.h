@@ -76,12 +76,19 @@ class RegionTable {
   };
 
   absl::Status ValidateKey(const std::string& key) const;
+  absl::Status CheckLeaseIdCount(int count) const;
+  // Sealed regions without an unexpired lease, in the policy's order (first victim first).
+  std::vector<EvictionCandidate> EvictionCandidatesLocked(Clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Region*> FindLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees enough pages for `pages`, evicting sealed unleased regions if needed (all or nothing).
   absl::Status MakeRoomLocked(int64_t pages, const std::string& for_what, Clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Grows every layer's page list to hold `tokens`.
   absl::Status GrowLocked(Region* region, int64_t tokens, Clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes an eviction victim, logs and counts it; returns the bytes freed.
+  int64_t EvictLocked(Region* victim, const std::string& why, Clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes the region: revokes leases, quarantines or frees its pages.
   int64_t RemoveLocked(Region* region, const std::string& reason, Clock::time_point now)
