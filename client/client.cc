@@ -60,6 +60,16 @@ struct Client::Impl {
   std::atomic<int64_t> lease_ms{10000};  // the shortest lease the daemon has granted us
   std::unique_ptr<WorkerPool> fetch_workers;  // helpers for large batches (fetch_threads > 1)
 
+  // Data-plane counters since the last renewal; reported to the daemon for its metrics.
+  struct DataCounters {
+    std::atomic<int64_t> fetches{0}, fetched_entries{0}, fetched_bytes{0}, writes{0}, written_bytes{0};
+  } data;
+  void CountFetch(int64_t calls, int64_t entries, int64_t bytes) {
+    data.fetches.fetch_add(calls, std::memory_order_relaxed);
+    data.fetched_entries.fetch_add(entries, std::memory_order_relaxed);
+    data.fetched_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
+
   std::unique_ptr<grpc::ClientContext> Context() const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() +
@@ -231,6 +241,8 @@ struct Region::State {
       offsets[i] = static_cast<int64_t>(pages[t / geometry.tokens_per_page]) * geometry.page_bytes +
                    geometry.OffsetInPage(t);
     }
+    client->data.writes.fetch_add(1, std::memory_order_relaxed);
+    client->data.written_bytes.fetch_add(static_cast<int64_t>(entries.size()), std::memory_order_relaxed);
     return transport->Scatter(entries.data(), geometry.entry_bytes, absl::MakeConstSpan(offsets.data(), n));
   }
 };
@@ -277,10 +289,22 @@ void Client::Impl::RenewOnce() {
   if (live.empty()) return;
   v1::RenewLeasesRequest request;
   for (const auto& s : live) request.add_lease_ids(s->lease_id.load());
+  auto* stats = request.mutable_stats();
+  stats->set_transport(live.front()->transport->name());
+  stats->set_fetches(data.fetches.exchange(0));
+  stats->set_fetched_entries(data.fetched_entries.exchange(0));
+  stats->set_fetched_bytes(data.fetched_bytes.exchange(0));
+  stats->set_writes(data.writes.exchange(0));
+  stats->set_written_bytes(data.written_bytes.exchange(0));
   v1::RenewLeasesResponse reply;
   int64_t sent = NowNs();
   auto ctx = Context();
   auto status = FromGrpcStatus(stub->RenewLeases(ctx.get(), request, &reply), What("RenewLeases"));
+  if (!status.ok()) {  // not reported: count it again next time
+    CountFetch(stats->fetches(), stats->fetched_entries(), stats->fetched_bytes());
+    data.writes.fetch_add(stats->writes());
+    data.written_bytes.fetch_add(stats->written_bytes());
+  }
   if (!status.ok() || reply.leases_size() != static_cast<int>(live.size())) {
     std::string why = status.ok() ? "malformed renewal reply" : std::string(status.message());
     for (const auto& s : live) {
@@ -560,6 +584,7 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
     for (size_t i = 0; i < items.size(); ++i) copy_item(i);
   }
   if (!error.ok()) return error;
+  impl_->CountFetch(static_cast<int64_t>(items.size()), static_cast<int64_t>(total), static_cast<int64_t>(bytes));
   // The leases must still have held when the last byte was copied.
   for (size_t i = 0; i < items.size(); ++i) {
     if (auto st = items[i].region->state_->CheckLease(); !st.ok()) {
@@ -666,6 +691,7 @@ absl::Status Region::Fetch(int32_t layer, absl::Span<const int32_t> indices, abs
   auto resolved = absl::MakeSpan(offsets.data(), indices.size());
   if (auto st = s.Resolve(layer, indices, resolved); !st.ok()) return st;
   if (auto st = s.transport->Gather(resolved, s.geometry.entry_bytes, dst.data()); !st.ok()) return st;
+  s.client->CountFetch(1, static_cast<int64_t>(indices.size()), static_cast<int64_t>(need));
   return s.CheckLease();  // the lease must still have held when the copy finished
 }
 

@@ -35,6 +35,8 @@ struct DaemonConfig {
   // [listen]
   std::string listen = "127.0.0.1:7370";  // TCP control plane; "" disables
   std::string unix_socket;                // "" : <runtime_dir>/control.sock; "none" disables
+  // [metrics]
+  std::string metrics_listen = "127.0.0.1:9370";  // Prometheus text at http://HOST:PORT/metrics; "" disables
   // [runtime]
   std::string runtime_dir;            // "" : /run/sparsekvd as root, else $XDG_RUNTIME_DIR/sparsekvd or /tmp/sparsekvd-UID
   std::string ready_file;             // written with {"port":N,...} once every listener is up

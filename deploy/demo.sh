@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting sparsekvd (memfd pool sized to this machine, loopback only)"
-"$BUILD_DIR/server/sparsekvd" --listen 127.0.0.1:0 --runtime-dir "$RUN_DIR" \
+"$BUILD_DIR/server/sparsekvd" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --runtime-dir "$RUN_DIR" \
   --ready-file "$RUN_DIR/ready.json" 2> >(sed 's/^/[sparsekvd] /' >&2) &
 DAEMON_PID=$!
 for _ in $(seq 1 600); do

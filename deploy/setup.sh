@@ -10,6 +10,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libfabric-dev libibverbs-dev librdmacm-dev libnuma-dev libtomlplusplus-dev
+  libmicrohttpd-dev libsystemd-dev systemd dpkg-dev curl
   catch2 redis-server
 )
 
@@ -30,6 +31,7 @@ fi
 [ "${1:-}" = "--no-build" ] && exit 0
 
 BUILD_DIR="${BUILD_DIR:-build}"
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" >/dev/null
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" \
+  -DCMAKE_INSTALL_PREFIX=/usr >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)"
 echo "setup: built in $BUILD_DIR"

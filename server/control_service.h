@@ -1,8 +1,9 @@
 // ControlService is the gRPC face of the RegionTable: it converts requests and statuses at the
-// edge and nothing else, so every rule lives in the table.
+// edge, times every call for Metrics, and nothing else, so every rule lives in the table.
 #ifndef SPARSEKV_SERVER_CONTROL_SERVICE_H_
 #define SPARSEKV_SERVER_CONTROL_SERVICE_H_
 
+#include "server/metrics.h"
 #include "server/region_table.h"
 #include "sparsekv/v1/control.grpc.pb.h"
 
@@ -10,7 +11,7 @@ namespace sparsekv {
 
 class ControlService final : public v1::Control::Service {
  public:
-  explicit ControlService(RegionTable* table) : table_(table) {}
+  ControlService(RegionTable* table, Metrics* metrics) : table_(table), metrics_(metrics) {}
 
   grpc::Status CreateRegion(grpc::ServerContext*, const v1::CreateRegionRequest* request,
                             v1::OpenRegionResponse* response) override;
@@ -34,9 +35,20 @@ class ControlService final : public v1::Control::Service {
                      v1::StatsResponse* response) override;
   grpc::Status Evict(grpc::ServerContext*, const v1::EvictRequest* request,
                      v1::EvictResponse* response) override;
+  grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest* request,
+                     v1::DrainResponse* response) override;
+  grpc::Status GetConfig(grpc::ServerContext*, const v1::GetConfigRequest* request,
+                         v1::GetConfigResponse* response) override;
+  grpc::Status GetMetrics(grpc::ServerContext*, const v1::GetMetricsRequest* request,
+                          v1::GetMetricsResponse* response) override;
 
  private:
+  // Runs `handler`, stores its result in *response, records latency and status.
+  template <typename Response, typename Handler>
+  grpc::Status Serve(const char* method, Response* response, Handler&& handler);
+
   RegionTable* table_;
+  Metrics* metrics_;
 };
 
 }  // namespace sparsekv

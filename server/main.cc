@@ -16,15 +16,19 @@
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
+#include <systemd/sd-daemon.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/size_parse.h"
 #include "common/version.h"
 #include "server/control_service.h"
 #include "server/eviction.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
 #include "server/pool.h"
 #include "server/region_table.h"
 #include "server/transports/shm_server.h"
@@ -54,14 +58,43 @@ absl::Status MakeDirs(const std::string& path) {
   return absl::OkStatus();
 }
 
+// Tells systemd (when run as a Type=notify service) what the daemon is doing. A no-op otherwise.
+void Notify(const std::string& state) { sd_notify(0, state.c_str()); }
+void NotifyStatus(const std::string& status) { Notify(absl::StrCat("STATUS=", status)); }
+
+// Re-reads the config (same command line, so flags still override the file) and applies what
+// may change at run time. Everything else is reported as needing a restart.
+void Reload(const std::vector<std::string>& args, RegionTable* table) {
+  bool help = false;
+  auto next = ParseDaemonArgs(args, &help);
+  if (!next.ok()) {
+    SKV_LOG_ERROR("reload", "config not reloaded, keeping the running one: %s", next.status().message());
+    return;
+  }
+  DaemonConfig running = table->config();
+  std::vector<std::string> restart;
+  if (next->pool_bytes != 0 && next->pool_bytes != running.pool_bytes) restart.push_back("pool.size");
+  if (next->backing != running.backing) restart.push_back("pool.backing");
+  if (next->page_bytes != running.page_bytes) restart.push_back("pool.page_size");
+  if (next->listen != running.listen) restart.push_back("listen.tcp");
+  if (next->metrics_listen != running.metrics_listen) restart.push_back("metrics.listen");
+  if (next->reap_interval_ms != running.reap_interval_ms) restart.push_back("leases.reap_interval_ms");
+  table->ApplyRuntimeConfig(*next);
+  SetLogLevel(next->log_level);
+  SKV_LOG_INFO("reload", "applied: lease %d ms, limits %d regions / %d layers / %d-byte entries / %d tokens, log level %d%s",
+               next->lease_ms, next->limits.max_regions, next->limits.max_layers, next->limits.max_entry_bytes,
+               next->limits.max_capacity_tokens, static_cast<int>(next->log_level),
+               restart.empty() ? "" : absl::StrCat("; changed but need a restart: ", absl::StrJoin(restart, ", ")));
+}
+
 absl::Status WriteReadyFile(const std::string& path, int port, const std::string& unix_socket,
-                            const std::string& pool_socket) {
+                            const std::string& pool_socket, int metrics_port) {
   std::string tmp = absl::StrCat(path, ".tmp");
   {
     std::ofstream out(tmp);
     out << absl::StrFormat(
-        "{\"port\":%d,\"unix_socket\":\"%s\",\"pool_socket\":\"%s\",\"pid\":%d}\n", port,
-        unix_socket, pool_socket, getpid());
+        "{\"port\":%d,\"unix_socket\":\"%s\",\"pool_socket\":\"%s\",\"metrics_port\":%d,\"pid\":%d}\n",
+        port, unix_socket, pool_socket, metrics_port, getpid());
     if (!out) return absl::FailedPreconditionError(absl::StrCat("cannot write ready file ", tmp));
   }
   if (rename(tmp.c_str(), path.c_str()) != 0) {
@@ -120,7 +153,19 @@ int Run(int argc, char** argv) {
   if (auto_size) config.pool_bytes = DefaultPoolBytes(config.page_bytes);
   config.pool_bytes = config.pool_bytes / config.page_bytes * config.page_bytes;
   auto started = std::chrono::steady_clock::now();
-  auto pool = Pool::Create(*backing, config.pool_bytes, config.prefault);
+  NotifyStatus(absl::StrFormat("reserving a %s %s pool", FormatBytes(config.pool_bytes), config.backing));
+  auto last_report = started;
+  auto progress = [&](int64_t done, int64_t total) {
+    auto now = std::chrono::steady_clock::now();
+    std::string line = absl::StrFormat("reserving pool: %s of %s (%.0f%%)", FormatBytes(done), FormatBytes(total),
+                                       100.0 * done / total);
+    NotifyStatus(line);
+    if (now - last_report >= std::chrono::seconds(2) && done < total) {
+      SKV_LOG_INFO("pool", "%s", line);
+      last_report = now;
+    }
+  };
+  auto pool = Pool::Create(*backing, config.pool_bytes, config.prefault, progress);
   if (!pool.ok()) {
     SKV_LOG_ERROR(kLog, "pool: %s", pool.status().message());
     return 1;
@@ -151,7 +196,8 @@ int Run(int argc, char** argv) {
     return 2;
   }
   RegionTable table(pool->get(), config, std::move(*policy), shm ? shm->socket_path() : "");
-  ControlService service(&table);
+  Metrics metrics;
+  ControlService service(&table, &metrics);
 
   grpc::ServerBuilder builder;
   int tcp_port = 0;
@@ -183,6 +229,19 @@ int Run(int argc, char** argv) {
     chmod(config.unix_socket.c_str(), 0660);
     SKV_LOG_INFO("control", "gRPC on %s", unix_target);
   }
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+  if (!config.metrics_listen.empty()) {
+    auto started_http = MetricsHttpServer::Start(
+        config.metrics_listen, [&] { return metrics.RenderPrometheus(table.Stats()); });
+    if (!started_http.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", started_http.status().message());
+      server->Shutdown();
+      return 1;
+    }
+    metrics_http = std::move(*started_http);
+    SKV_LOG_INFO("metrics", "Prometheus text on http://%s:%d/metrics",
+                 config.metrics_listen.substr(0, config.metrics_listen.rfind(':')), metrics_http->port());
+  }
   SKV_LOG_INFO("leases", "lease %d ms; eviction policy %s; limits: %d regions, %d layers, %d-byte entries, %d tokens",
                config.lease_ms, config.eviction_policy, config.limits.max_regions, config.limits.max_layers,
                config.limits.max_entry_bytes, config.limits.max_capacity_tokens);
@@ -190,36 +249,50 @@ int Run(int argc, char** argv) {
   std::mutex reaper_mu;
   std::condition_variable reaper_cv;
   bool stopping = false;
+  // The reaper also feeds systemd's watchdog: a daemon whose region table is wedged (the reaper
+  // cannot take its lock) stops feeding it and gets restarted.
+  uint64_t watchdog_usec = 0;
+  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
+  if (watchdog) SKV_LOG_INFO(kLog, "systemd watchdog every %.1f s", watchdog_usec / 1e6);
   std::thread reaper([&] {
     std::unique_lock lock(reaper_mu);
-    while (!reaper_cv.wait_for(lock, std::chrono::milliseconds(config.reap_interval_ms),
-                               [&] { return stopping; })) {
+    auto period = std::chrono::milliseconds(config.reap_interval_ms);
+    if (watchdog) period = std::min<std::chrono::milliseconds>(period, std::chrono::milliseconds(watchdog_usec / 4000));
+    while (!reaper_cv.wait_for(lock, period, [&] { return stopping; })) {
       lock.unlock();
       table.Reap(std::chrono::steady_clock::now());
+      if (watchdog) Notify("WATCHDOG=1");
       lock.lock();
     }
   });
 
   if (!config.ready_file.empty()) {
     if (auto s = WriteReadyFile(config.ready_file, tcp_port, config.unix_socket,
-                                shm ? shm->socket_path() : "");
+                                shm ? shm->socket_path() : "", metrics_http ? metrics_http->port() : 0);
         !s.ok()) {
       SKV_LOG_ERROR(kLog, "%s", s.message());
       return 1;
     }
   }
   SKV_LOG_INFO(kLog, "ready");
+  std::string ready_status = absl::StrFormat("serving a %s %s pool on %s", FormatBytes((*pool)->size_bytes()),
+                                             (*pool)->Describe(), config.listen.empty() ? unix_target : config.listen);
+  Notify(absl::StrCat("READY=1\nSTATUS=", ready_status));
 
   int sig = 0;
   while (true) {
     sigwait(&signals, &sig);
     if (sig == SIGHUP) {
-      SKV_LOG_INFO(kLog, "SIGHUP: nothing in the config can change at run time yet; ignored");
+      Notify("RELOADING=1\nSTATUS=reloading config");
+      Reload(args, &table);
+      Notify(absl::StrCat("READY=1\nSTATUS=", ready_status));
       continue;
     }
     break;
   }
   SKV_LOG_INFO(kLog, "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  Notify("STOPPING=1\nSTATUS=shutting down");
+  metrics_http.reset();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server->Wait();
   {

@@ -46,11 +46,19 @@ absl::StatusOr<int64_t> ReadSysfsInt(const std::string& path) {
 
 // Reserves the file's blocks now, so an overcommitted pool fails here with a clear error
 // instead of with SIGBUS on some later write.
-absl::Status Reserve(int fd, int64_t size, const std::string& what) {
-  int rc = posix_fallocate(fd, 0, size);
-  if (rc != 0) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "cannot reserve %s for the pool on %s: %s", FormatBytes(size), what, Errno(rc)));
+absl::Status Reserve(int fd, int64_t size, const std::string& what, const Pool::Progress& progress) {
+  // In 1 GiB steps, so a large pool reports progress instead of looking hung.
+  constexpr int64_t kStep = int64_t{1} << 30;
+  for (int64_t done = 0; done < size;) {
+    int64_t len = std::min(kStep, size - done);
+    int rc = posix_fallocate(fd, done, len);
+    if (rc != 0) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cannot reserve %s for the pool on %s (failed after %s): %s", FormatBytes(size), what,
+          FormatBytes(done), Errno(rc)));
+    }
+    done += len;
+    if (progress) progress(done, size);
   }
   return absl::OkStatus();
 }
@@ -178,7 +186,7 @@ absl::Status CheckFitsInFilesystem(int fd, int64_t size_bytes, const std::string
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, int64_t size_bytes,
-                                                  bool prefault) {
+                                                  bool prefault, const Progress& progress) {
   std::unique_ptr<Pool> pool(new Pool());
   pool->spec_ = spec;
   pool->uuid_ = NewUuid();
@@ -287,7 +295,7 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
   }
   if (prefault && spec.kind != PoolBackingSpec::Kind::kDevdax &&
       spec.kind != PoolBackingSpec::Kind::kNuma && spec.kind != PoolBackingSpec::Kind::kMemfdHugetlb) {
-    if (auto s = Reserve(fd, size_bytes, BackingKindName(spec.kind)); !s.ok()) {
+    if (auto s = Reserve(fd, size_bytes, BackingKindName(spec.kind), progress); !s.ok()) {
       close(fd);
       return s;
     }
@@ -311,7 +319,7 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
           absl::StrFormat("cannot bind the pool to NUMA node %d: %s", spec.numa_node, Errno(errno)));
     }
     if (prefault) {
-      if (auto s = Reserve(fd, size_bytes, absl::StrCat("NUMA node ", spec.numa_node)); !s.ok()) return s;
+      if (auto s = Reserve(fd, size_bytes, absl::StrCat("NUMA node ", spec.numa_node), progress); !s.ok()) return s;
     }
   }
   if (prefault && spec.kind == PoolBackingSpec::Kind::kDevdax) {

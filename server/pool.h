@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -40,8 +41,11 @@ int64_t DefaultPoolBytes(int64_t page_bytes);
 
 class Pool {
  public:
+  // Reports reservation progress (bytes done, bytes total) now and then for large pools.
+  using Progress = std::function<void(int64_t done, int64_t total)>;
   static absl::StatusOr<std::unique_ptr<Pool>> Create(const PoolBackingSpec& spec,
-                                                      int64_t size_bytes, bool prefault);
+                                                      int64_t size_bytes, bool prefault,
+                                                      const Progress& progress = nullptr);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;

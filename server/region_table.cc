@@ -32,6 +32,7 @@ int64_t RegionTable::Region::page_count() const {
 RegionTable::RegionTable(const Pool* pool, const DaemonConfig& config,
                          std::unique_ptr<EvictionPolicy> policy, std::string fd_socket_path)
     : pool_(pool),
+      page_bytes_(config.page_bytes),
       config_(config),
       policy_(std::move(policy)),
       fd_socket_path_(std::move(fd_socket_path)),
@@ -39,12 +40,37 @@ RegionTable::RegionTable(const Pool* pool, const DaemonConfig& config,
       started_(Clock::now()),
       allocator_(static_cast<uint32_t>(pool->size_bytes() / config.page_bytes)) {}
 
+Limits RegionTable::limits() const {
+  absl::MutexLock lock(&config_mu_);
+  return config_.limits;
+}
+
+int64_t RegionTable::lease_ms() const {
+  absl::MutexLock lock(&config_mu_);
+  return config_.lease_ms;
+}
+
+DaemonConfig RegionTable::config() const {
+  absl::MutexLock lock(&config_mu_);
+  return config_;
+}
+
+void RegionTable::ApplyRuntimeConfig(const DaemonConfig& next) {
+  absl::MutexLock lock(&config_mu_);
+  config_.limits = next.limits;
+  config_.lease_ms = next.lease_ms;
+  config_.log_level = next.log_level;
+}
+
+void RegionTable::SetDraining(bool draining) { draining_.store(draining); }
+bool RegionTable::draining() const { return draining_.load(); }
+
 absl::Status RegionTable::ValidateKey(const std::string& key) const {
   if (key.empty()) return absl::InvalidArgumentError("region key is empty");
-  if (key.size() > static_cast<size_t>(config_.limits.max_key_bytes)) {
+  if (key.size() > static_cast<size_t>(limits().max_key_bytes)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "region key of %d bytes is longer than the limit of %d bytes", key.size(),
-        config_.limits.max_key_bytes));
+        limits().max_key_bytes));
   }
   for (unsigned char c : key) {
     if (c < 0x20 || c == 0x7f) {
@@ -56,9 +82,9 @@ absl::Status RegionTable::ValidateKey(const std::string& key) const {
 }
 
 absl::Status RegionTable::CheckLeaseIdCount(int count) const {
-  if (count > config_.limits.max_lease_ids) {
+  if (count > limits().max_lease_ids) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "%d lease ids in one request; the limit is %d", count, config_.limits.max_lease_ids));
+        "%d lease ids in one request; the limit is %d", count, limits().max_lease_ids));
   }
   return absl::OkStatus();
 }
@@ -103,7 +129,7 @@ absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_w
     return absl::ResourceExhaustedError(absl::StrFormat(
         "pool exhausted: %s needs %d pages (%s); %d pages free, %d quarantined until leases "
         "expire, %d evictable in %d sealed unleased regions; pool is %s",
-        for_what, pages, FormatBytes(pages * config_.page_bytes), free_pages,
+        for_what, pages, FormatBytes(pages * page_bytes_), free_pages,
         allocator_.quarantined_pages(), evictable, candidates.size(),
         FormatBytes(pool_->size_bytes())));
   }
@@ -117,7 +143,7 @@ absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_w
 
 int64_t RegionTable::EvictLocked(Region* victim, const std::string& why, Clock::time_point now) {
   SKV_LOG_INFO("evict", "evicting region '%s' (%s, %.1fs idle) %s", victim->key,
-               FormatBytes(victim->page_count() * config_.page_bytes),
+               FormatBytes(victim->page_count() * page_bytes_),
                std::chrono::duration<double>(now - victim->last_access).count(), why);
   int64_t bytes = RemoveLocked(victim, absl::StrCat("evicted ", why), now);
   counters_.evictions++;
@@ -156,7 +182,7 @@ int64_t RegionTable::RemoveLocked(Region* region, const std::string& reason, Clo
   std::vector<uint32_t> pages;
   pages.reserve(region->page_count());
   for (auto& layer : region->pages) pages.insert(pages.end(), layer.begin(), layer.end());
-  int64_t bytes = static_cast<int64_t>(pages.size()) * config_.page_bytes;
+  int64_t bytes = static_cast<int64_t>(pages.size()) * page_bytes_;
   if (last_expiry > now) {
     allocator_.FreeAfter(std::move(pages), last_expiry);
   } else {
@@ -168,7 +194,7 @@ int64_t RegionTable::RemoveLocked(Region* region, const std::string& reason, Clo
 
 uint64_t RegionTable::GrantLeaseLocked(Region* region, Clock::time_point now) {
   uint64_t id = next_lease_id_++;
-  region->leases[id] = now + std::chrono::milliseconds(config_.lease_ms);
+  region->leases[id] = now + std::chrono::milliseconds(lease_ms());
   lease_owner_[id] = region;
   return id;
 }
@@ -185,7 +211,7 @@ void RegionTable::FillInfoLocked(const Region& r, Clock::time_point now, v1::Reg
   info->set_capacity_tokens(r.capacity_tokens);
   info->set_committed_tokens(r.committed_tokens);
   info->set_sealed(r.sealed);
-  info->set_bytes(r.page_count() * config_.page_bytes);
+  info->set_bytes(r.page_count() * page_bytes_);
   info->set_created_unix_ms(r.created_unix_ms);
   info->set_last_access_unix_ms(
       UnixMillis() - std::chrono::duration_cast<std::chrono::milliseconds>(now - r.last_access).count());
@@ -208,12 +234,12 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   shm->set_pool_uuid(pool_->uuid());
   shm->set_host_id(host_id_);
   out->mutable_lease()->set_lease_id(GrantLeaseLocked(region, now));
-  out->mutable_lease()->set_lease_ms(config_.lease_ms);
+  out->mutable_lease()->set_lease_ms(lease_ms());
 }
 
 absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req) {
   if (auto s = ValidateKey(req.key()); !s.ok()) return s;
-  const Limits& lim = config_.limits;
+  const Limits lim = limits();
   if (req.layers() <= 0 || req.layers() > lim.max_layers) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "region '%s': layers must be in [1, %d], got %d", req.key(), lim.max_layers, req.layers()));
@@ -233,7 +259,7 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
         "region '%s': ttl_ms must be in [0, %d] (0: no TTL), got %d", req.key(), kMaxTtlMs,
         req.ttl_ms()));
   }
-  auto geometry = MakeGeometry(req.layers(), req.entry_bytes(), config_.page_bytes);
+  auto geometry = MakeGeometry(req.layers(), req.entry_bytes(), page_bytes_);
   if (!geometry.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("region '", req.key(), "': ", geometry.status().message()));
   }
@@ -241,10 +267,15 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
   if (pages_needed > allocator_.total_pages()) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "region '%s' needs %s for %d tokens x %d layers, more than the whole pool (%s)", req.key(),
-        FormatBytes(pages_needed * config_.page_bytes), req.capacity_tokens(), req.layers(),
+        FormatBytes(pages_needed * page_bytes_), req.capacity_tokens(), req.layers(),
         FormatBytes(pool_->size_bytes())));
   }
 
+  if (draining()) {
+    return absl::UnavailableError(absl::StrFormat(
+        "region '%s': this daemon is draining and accepts no new regions; existing regions stay "
+        "readable", req.key()));
+  }
   absl::MutexLock lock(&mu_);
   auto now = Clock::now();
   if (regions_.contains(req.key())) {
@@ -291,10 +322,10 @@ absl::StatusOr<v1::ExtendRegionResponse> RegionTable::Extend(const v1::ExtendReg
   if (region->sealed) {
     return absl::FailedPreconditionError(absl::StrFormat("region '%s' is sealed and cannot grow", req.key()));
   }
-  if (req.capacity_tokens() > config_.limits.max_capacity_tokens) {
+  if (req.capacity_tokens() > limits().max_capacity_tokens) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "region '%s': capacity_tokens %d is past the limit of %d", req.key(), req.capacity_tokens(),
-        config_.limits.max_capacity_tokens));
+        limits().max_capacity_tokens));
   }
   if (req.capacity_tokens() < region->capacity_tokens) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -372,10 +403,10 @@ absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeases
       lease_owner_.erase(owner);
       continue;
     }
-    lease->second = now + std::chrono::milliseconds(config_.lease_ms);
+    lease->second = now + std::chrono::milliseconds(lease_ms());
     region->last_access = now;
     state->set_valid(true);
-    state->set_lease_ms(config_.lease_ms);
+    state->set_lease_ms(lease_ms());
     state->set_committed_tokens(region->committed_tokens);
     state->set_capacity_tokens(region->capacity_tokens);
     state->set_sealed(region->sealed);
@@ -409,9 +440,9 @@ absl::StatusOr<v1::DeleteRegionResponse> RegionTable::Delete(const v1::DeleteReg
 }
 
 absl::StatusOr<v1::ListRegionsResponse> RegionTable::List(const v1::ListRegionsRequest& req) {
-  if (req.limit() < 0 || req.limit() > config_.limits.max_list) {
+  if (req.limit() < 0 || req.limit() > limits().max_list) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "list limit must be in [0, %d] (0: %d), got %d", config_.limits.max_list,
+        "list limit must be in [0, %d] (0: %d), got %d", limits().max_list,
         kDefaultListLimit, req.limit()));
   }
   int32_t limit = req.limit() == 0 ? kDefaultListLimit : req.limit();
@@ -464,7 +495,7 @@ v1::StatsResponse RegionTable::Stats() {
   auto now = Clock::now();
   allocator_.ReclaimExpired(now);
   v1::StatsResponse out;
-  const int64_t page = config_.page_bytes;
+  const int64_t page = page_bytes_;
   out.set_pool_bytes(static_cast<int64_t>(allocator_.total_pages()) * page);
   out.set_used_bytes(allocator_.used_pages() * page);
   out.set_free_bytes(allocator_.free_pages() * page);
@@ -486,7 +517,8 @@ v1::StatsResponse RegionTable::Stats() {
   out.set_backing(BackingKindName(pool_->spec().kind));
   out.set_backing_detail(pool_->Describe());
   out.set_uptime_ms(std::chrono::duration_cast<std::chrono::milliseconds>(now - started_).count());
-  out.set_lease_ms(config_.lease_ms);
+  out.set_lease_ms(lease_ms());
+  out.set_draining(draining());
   return out;
 }
 
@@ -512,7 +544,7 @@ void RegionTable::Reap(Clock::time_point now) {
     RemoveLocked(region, absl::StrFormat("deleted after %d ms idle (TTL)", region->ttl_ms), now);
     counters_.expired_regions++;
   }
-  auto keep_reasons = std::chrono::milliseconds(config_.lease_ms * 4);
+  auto keep_reasons = std::chrono::milliseconds(lease_ms() * 4);
   for (auto it = revoked_.begin(); it != revoked_.end();) {
     if (now - it->second.second > keep_reasons) revoked_.erase(it++);
     else ++it;

@@ -16,6 +16,7 @@
 #ifndef SPARSEKV_SERVER_REGION_TABLE_H_
 #define SPARSEKV_SERVER_REGION_TABLE_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -57,6 +58,14 @@ class RegionTable {
 
   // Drops expired leases, deletes regions idle past their TTL, reclaims quarantined pages.
   void Reap(Clock::time_point now);
+
+  // The parts of the config that may change at run time (SIGHUP): limits, lease length, log
+  // level. New leases and renewals use the new length; leases already granted keep theirs.
+  void ApplyRuntimeConfig(const DaemonConfig& next);
+  DaemonConfig config() const;
+  // A draining daemon refuses new regions; existing ones stay readable, writable and growable.
+  void SetDraining(bool draining);
+  bool draining() const;
 
  private:
   struct Region {
@@ -101,8 +110,14 @@ class RegionTable {
   void FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  Limits limits() const;
+  int64_t lease_ms() const;
+
   const Pool* pool_;
-  const DaemonConfig config_;
+  const int64_t page_bytes_;
+  mutable absl::Mutex config_mu_;
+  DaemonConfig config_ ABSL_GUARDED_BY(config_mu_);
+  std::atomic<bool> draining_{false};
   const std::unique_ptr<EvictionPolicy> policy_;
   const std::string fd_socket_path_;
   const std::string host_id_;

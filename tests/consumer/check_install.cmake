@@ -1,10 +1,12 @@
-# Installs the build into a private prefix, then configures, builds and runs an outside project
-# that finds it with find_package(sparsekv CONFIG). Also checks that no generated protobuf
-# header was installed with the public headers.
+# Installs the build into a private staging root (DESTDIR), then configures, builds and runs an
+# outside project that finds it with find_package(sparsekv CONFIG). Also checks that no
+# generated protobuf header was installed with the public headers.
 file(REMOVE_RECURSE ${WORK_DIR})
-set(PREFIX ${WORK_DIR}/prefix)
-execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${PREFIX}
+set(ENV{DESTDIR} ${WORK_DIR}/root)
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR}
   RESULT_VARIABLE rc OUTPUT_QUIET)
+unset(ENV{DESTDIR})
+set(PREFIX ${WORK_DIR}/root${INSTALL_PREFIX})
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "cmake --install failed: ${rc}")
 endif()

@@ -24,8 +24,19 @@ std::string ReadFile(const std::string& path) {
 
 }  // namespace
 
-std::string SparsekvdPath() { return SPARSEKVD_PATH; }
-std::string SparsekvctlPath() { return SPARSEKVCTL_PATH; }
+namespace {
+// The build tree's binary, or (for an installed sparsekv-bench) the one next to this program.
+std::string BinaryPath(const std::string& built, const std::string& name) {
+  if (std::filesystem::exists(built)) return built;
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec && std::filesystem::exists(self.parent_path() / name)) return (self.parent_path() / name).string();
+  return built;
+}
+}  // namespace
+
+std::string SparsekvdPath() { return BinaryPath(SPARSEKVD_PATH, "sparsekvd"); }
+std::string SparsekvctlPath() { return BinaryPath(SPARSEKVCTL_PATH, "sparsekvctl"); }
 
 TempDir::TempDir() {
   char tmpl[] = "/tmp/sparsekv-test.XXXXXX";
@@ -58,6 +69,7 @@ DaemonFixture::DaemonFixture(DaemonOptions options) {
                                    "--pool-size", options.pool_size,
                                    "--runtime-dir", dir_.path(),
                                    "--ready-file", ready,
+                                   "--metrics-listen", "127.0.0.1:0",
                                    "--lease-ms", std::to_string(options.lease_ms),
                                    "--reap-interval-ms", std::to_string(std::min<int64_t>(100, options.lease_ms / 4))};
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
@@ -78,6 +90,8 @@ DaemonFixture::DaemonFixture(DaemonOptions options) {
       std::string text = ReadFile(ready);
       auto at = text.find("\"port\":");
       address_ = "127.0.0.1:" + std::to_string(std::atoi(text.c_str() + at + 7));
+      auto metrics_at = text.find("\"metrics_port\":");
+      if (metrics_at != std::string::npos) metrics_port_ = std::atoi(text.c_str() + metrics_at + 15);
       return;
     }
     int status;

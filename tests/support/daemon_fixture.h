@@ -50,6 +50,7 @@ class DaemonFixture {
   std::string unix_address() const { return "unix:" + dir_.path() + "/control.sock"; }
   const std::string& runtime_dir() const { return dir_.path(); }
   pid_t pid() const { return pid_; }
+  int metrics_port() const { return metrics_port_; }
 
   // The fixture's own client, connected on first use.
   Client& client();
@@ -68,6 +69,7 @@ class DaemonFixture {
   TempDir dir_;
   pid_t pid_ = -1;
   std::string address_;
+  int metrics_port_ = 0;
   std::unique_ptr<Client> client_;
 };
 
