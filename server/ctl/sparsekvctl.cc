@@ -52,6 +52,8 @@ std::string JsonString(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     if (c == '"' || c == '\\') absl::StrAppend(&out, "\\", std::string(1, c));
+    else if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
     else if (c < 0x20) absl::StrAppendFormat(&out, "\\u%04x", c);
     else out.push_back(static_cast<char>(c));
   }

@@ -1,6 +1,9 @@
 #include "tests/support/daemon_fixture.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,6 +41,29 @@ std::string BinaryPath(const std::string& built, const std::string& name) {
 std::string SparsekvdPath() { return BinaryPath(SPARSEKVD_PATH, "sparsekvd"); }
 std::string SparsekvctlPath() { return BinaryPath(SPARSEKVCTL_PATH, "sparsekvctl"); }
 
+std::pair<int, std::string> HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return {-1, ""};
+  }
+  std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  (void)!write(fd, request.data(), request.size());
+  std::string response;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, n);
+  close(fd);
+  int status = -1;
+  if (response.rfind("HTTP/", 0) == 0) status = std::atoi(response.c_str() + response.find(' ') + 1);
+  auto body = response.find("\r\n\r\n");
+  return {status, body == std::string::npos ? "" : response.substr(body + 4)};
+}
+
 TempDir::TempDir() {
   char tmpl[] = "/tmp/sparsekv-test.XXXXXX";
   char* made = mkdtemp(tmpl);
@@ -72,12 +98,22 @@ DaemonFixture::DaemonFixture(DaemonOptions options) {
                                    "--metrics-listen", "127.0.0.1:0",
                                    "--lease-ms", std::to_string(options.lease_ms),
                                    "--reap-interval-ms", std::to_string(std::min<int64_t>(100, options.lease_ms / 4))};
+  if (!options.config_file.empty()) {
+    args.push_back("--config");
+    args.push_back(options.config_file);
+  }
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
   std::string log = dir_.path() + "/sparsekvd.log";
   pid_ = fork();
   if (pid_ == 0) {
     FILE* f = freopen(log.c_str(), "w", stderr);
     (void)f;
+    for (const auto& kv : options.env) {
+      auto eq = kv.find('=');
+      std::string name = kv.substr(0, eq), value = kv.substr(eq + 1);
+      if (value == "self") value = std::to_string(getpid());
+      setenv(name.c_str(), value.c_str(), 1);
+    }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

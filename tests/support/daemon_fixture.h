@@ -19,7 +19,14 @@ struct DaemonOptions {
   std::string pool_size = "64MiB";
   int64_t lease_ms = 10000;
   std::vector<std::string> extra_args;
+  // NAME=VALUE pairs added to the daemon's environment; WATCHDOG_PID=self names the daemon.
+  std::vector<std::string> env;
+  // Use this config file (passed as --config; flags from the fixture still override it).
+  std::string config_file;
 };
+
+// GET http://127.0.0.1:PORT/PATH; returns the status code and body (status -1 if unreachable).
+std::pair<int, std::string> HttpGet(int port, const std::string& path);
 
 struct CommandResult {
   int exit_code = -1;
