@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <string>
 
@@ -23,8 +24,22 @@ bool ParseLogLevel(std::string_view text, LogLevel* level) {
   return true;
 }
 
+// Under systemd, stderr is a journal stream: journald reads a "<N>" syslog priority prefix and
+// stamps the time itself, so lines carry the priority instead of a timestamp.
+bool ToJournal() {
+  static const bool journal = getenv("JOURNAL_STREAM") != nullptr;
+  return journal;
+}
+
 void LogLine(LogLevel level, std::string_view component, std::string_view message) {
   static constexpr char kLetters[] = {'D', 'I', 'W', 'E'};
+  static constexpr int kSyslogPriority[] = {7, 6, 4, 3};
+  if (ToJournal()) {
+    std::string line = absl::StrFormat("<%d>%s: %s\n", kSyslogPriority[static_cast<int>(level)], component, message);
+    std::fwrite(line.data(), 1, line.size(), stderr);
+    std::fflush(stderr);
+    return;
+  }
   auto now = std::chrono::system_clock::now();
   std::time_t secs = std::chrono::system_clock::to_time_t(now);
   int ms = static_cast<int>(
