@@ -6,6 +6,7 @@
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
+#include <xxhash.h>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -96,6 +97,8 @@ struct Region::State {
   std::atomic<uint64_t> lease_id{0};
   std::atomic<int64_t> lease_deadline_ns{0};
   std::atomic<bool> revoked{false};
+  std::atomic<bool> has_checksum{false};  // the daemon's checksum of the sealed entries
+  std::atomic<uint64_t> checksum{0};
 
   mutable absl::Mutex mu;
   std::string revoked_reason ABSL_GUARDED_BY(mu);
@@ -111,6 +114,8 @@ struct Region::State {
     table.store(std::move(next), std::memory_order_release);
     committed.store(reply.info().committed_tokens(), std::memory_order_release);
     sealed.store(reply.info().sealed());
+    checksum.store(reply.info().checksum());
+    has_checksum.store(reply.info().has_checksum());
     lease_id.store(reply.lease().lease_id());
     lease_deadline_ns.store(sent_ns + LeaseTrustNs(reply.lease().lease_ms()));
     int64_t seen = client->lease_ms.load();
@@ -211,6 +216,8 @@ struct Region::State {
     if (!status.ok()) return status;
     committed.store(reply.info().committed_tokens(), std::memory_order_release);
     sealed.store(reply.info().sealed());
+    checksum.store(reply.info().checksum());
+    has_checksum.store(reply.info().has_checksum());
     return absl::OkStatus();
   }
 
@@ -676,6 +683,40 @@ absl::Status Region::Seal() {
 absl::Status Region::Refresh() {
   absl::MutexLock lock(&state_->write_mu);
   return state_->Refresh();
+}
+
+absl::Status Region::Verify() const {
+  State& s = *state_;
+  if (!s.has_checksum.load()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "region '%s' has no checksum: only sealed regions can be verified", s.key));
+  }
+  // Read every committed entry through this handle's transport and hash it as the daemon did.
+  const int64_t committed = s.committed.load();
+  const int64_t chunk = 8192;
+  std::vector<int32_t> indices;
+  std::vector<std::byte> buf(static_cast<size_t>(chunk) * s.geometry.entry_bytes);
+  XXH3_state_t* hash = XXH3_createState();
+  XXH3_64bits_reset(hash);
+  absl::Status status;
+  for (int32_t layer = 0; layer < s.geometry.layers && status.ok(); ++layer) {
+    for (int64_t first = 0; first < committed && status.ok(); first += chunk) {
+      int64_t n = std::min(chunk, committed - first);
+      indices.resize(n);
+      for (int64_t i = 0; i < n; ++i) indices[i] = static_cast<int32_t>(first + i);
+      status = Fetch(layer, indices, absl::MakeSpan(buf.data(), static_cast<size_t>(n) * s.geometry.entry_bytes));
+      if (status.ok()) XXH3_64bits_update(hash, buf.data(), static_cast<size_t>(n) * s.geometry.entry_bytes);
+    }
+  }
+  uint64_t now = XXH3_64bits_digest(hash);
+  XXH3_freeState(hash);
+  if (!status.ok()) return status;
+  if (now != s.checksum.load()) {
+    return absl::DataLossError(absl::StrFormat(
+        "region '%s' changed since it was sealed: checksum %016x at seal, %016x read now", s.key,
+        s.checksum.load(), now));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Region::Fetch(int32_t layer, absl::Span<const int32_t> indices, absl::Span<std::byte> dst) const {

@@ -10,7 +10,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libfabric-dev libibverbs-dev librdmacm-dev libnuma-dev libtomlplusplus-dev
-  libmicrohttpd-dev libsystemd-dev systemd dpkg-dev curl
+  libmicrohttpd-dev libsystemd-dev libxxhash-dev systemd dpkg-dev curl
   catch2 redis-server
 )
 

@@ -69,6 +69,10 @@ grpc::Status ControlService::Evict(grpc::ServerContext*, const v1::EvictRequest*
                                    v1::EvictResponse* response) {
   return Serve("Evict", response, [&] { return table_->Evict(*request); });
 }
+grpc::Status ControlService::VerifyRegion(grpc::ServerContext*, const v1::VerifyRegionRequest* request,
+                                          v1::VerifyRegionResponse* response) {
+  return Serve("VerifyRegion", response, [&] { return table_->Verify(*request); });
+}
 grpc::Status ControlService::Drain(grpc::ServerContext*, const v1::DrainRequest* request,
                                    v1::DrainResponse* response) {
   return Serve("Drain", response, [&]() -> absl::StatusOr<v1::DrainResponse> {

@@ -35,6 +35,8 @@ class ControlService final : public v1::Control::Service {
                      v1::StatsResponse* response) override;
   grpc::Status Evict(grpc::ServerContext*, const v1::EvictRequest* request,
                      v1::EvictResponse* response) override;
+  grpc::Status VerifyRegion(grpc::ServerContext*, const v1::VerifyRegionRequest* request,
+                            v1::VerifyRegionResponse* response) override;
   grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest* request,
                      v1::DrainResponse* response) override;
   grpc::Status GetConfig(grpc::ServerContext*, const v1::GetConfigRequest* request,

@@ -5,6 +5,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/checksum.h"
 #include "common/host_id.h"
 #include "common/log.h"
 #include "common/size_parse.h"
@@ -219,6 +220,8 @@ void RegionTable::FillInfoLocked(const Region& r, Clock::time_point now, v1::Reg
   int32_t live = 0;
   for (const auto& [id, expiry] : r.leases) live += expiry > now ? 1 : 0;
   info->set_active_leases(live);
+  info->set_has_checksum(r.has_checksum);
+  info->set_checksum(r.checksum);
 }
 
 void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out) {
@@ -345,37 +348,87 @@ absl::StatusOr<v1::ExtendRegionResponse> RegionTable::Extend(const v1::ExtendReg
 }
 
 absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitRegionRequest& req) {
-  absl::MutexLock lock(&mu_);
-  auto found = FindLocked(req.key());
-  if (!found.ok()) return found.status();
-  Region* region = *found;
-  if (region->sealed) {
-    if (req.committed_tokens() == region->committed_tokens && req.seal()) {
-      // Sealing twice at the same length is harmless and makes retries safe.
+  RegionSnapshot snapshot;
+  {
+    absl::MutexLock lock(&mu_);
+    auto found = FindLocked(req.key());
+    if (!found.ok()) return found.status();
+    Region* region = *found;
+    if (region->sealed) {
+      if (req.committed_tokens() == region->committed_tokens && req.seal()) {
+        // Sealing twice at the same length is harmless and makes retries safe.
+        v1::CommitRegionResponse out;
+        FillInfoLocked(*region, Clock::now(), out.mutable_info());
+        return out;
+      }
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "region '%s' is sealed at %d tokens; it accepts no more commits", req.key(),
+          region->committed_tokens));
+    }
+    if (req.committed_tokens() > region->capacity_tokens) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "region '%s': cannot commit %d tokens, capacity is %d", req.key(), req.committed_tokens(),
+          region->capacity_tokens));
+    }
+    if (req.committed_tokens() < region->committed_tokens) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "region '%s': committed length only grows; it is %d, asked for %d", req.key(),
+          region->committed_tokens, req.committed_tokens()));
+    }
+    auto now = Clock::now();
+    region->committed_tokens = req.committed_tokens();
+    region->sealed = req.seal();
+    region->last_access = now;
+    if (!req.seal()) {
       v1::CommitRegionResponse out;
-      FillInfoLocked(*region, Clock::now(), out.mutable_info());
+      FillInfoLocked(*region, now, out.mutable_info());
       return out;
     }
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "region '%s' is sealed at %d tokens; it accepts no more commits", req.key(),
-        region->committed_tokens));
+    snapshot = SnapshotLocked(*region);
   }
-  if (req.committed_tokens() > region->capacity_tokens) {
-    return absl::OutOfRangeError(absl::StrFormat(
-        "region '%s': cannot commit %d tokens, capacity is %d", req.key(), req.committed_tokens(),
-        region->capacity_tokens));
+  // Hash outside the lock: a large region takes a while, and a sealed region no longer changes.
+  uint64_t checksum = RegionChecksum(pool_->base(), snapshot.geometry, snapshot.pages, snapshot.committed_tokens);
+  absl::MutexLock lock(&mu_);
+  auto it = regions_.find(req.key());
+  if (it == regions_.end() || it->second->id != snapshot.id) {
+    return absl::NotFoundError(absl::StrFormat("region '%s' was deleted while it was being sealed", req.key()));
   }
-  if (req.committed_tokens() < region->committed_tokens) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "region '%s': committed length only grows; it is %d, asked for %d", req.key(),
-        region->committed_tokens, req.committed_tokens()));
-  }
-  auto now = Clock::now();
-  region->committed_tokens = req.committed_tokens();
-  region->sealed = req.seal();
-  region->last_access = now;
+  it->second->has_checksum = true;
+  it->second->checksum = checksum;
   v1::CommitRegionResponse out;
-  FillInfoLocked(*region, now, out.mutable_info());
+  FillInfoLocked(*it->second, Clock::now(), out.mutable_info());
+  return out;
+}
+
+RegionTable::RegionSnapshot RegionTable::SnapshotLocked(const Region& region) const {
+  return {region.id, region.geometry, region.pages, region.committed_tokens};
+}
+
+absl::StatusOr<v1::VerifyRegionResponse> RegionTable::Verify(const v1::VerifyRegionRequest& req) {
+  RegionSnapshot snapshot;
+  uint64_t sealed_checksum = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto found = FindLocked(req.key());
+    if (!found.ok()) return found.status();
+    if (!(*found)->has_checksum) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "region '%s' is not sealed; only sealed regions have a checksum to verify", req.key()));
+    }
+    snapshot = SnapshotLocked(**found);
+    sealed_checksum = (*found)->checksum;
+  }
+  uint64_t now_checksum = RegionChecksum(pool_->base(), snapshot.geometry, snapshot.pages, snapshot.committed_tokens);
+  const int64_t bytes = snapshot.committed_tokens * snapshot.geometry.layers * snapshot.geometry.entry_bytes;
+  if (now_checksum != sealed_checksum) {
+    SKV_LOG_ERROR("verify", "region '%s': checksum mismatch: sealed %016x, now %016x", req.key(), sealed_checksum, now_checksum);
+    return absl::DataLossError(absl::StrFormat(
+        "region '%s' changed since it was sealed: checksum %016x at seal, %016x now (%d bytes checked)",
+        req.key(), sealed_checksum, now_checksum, bytes));
+  }
+  v1::VerifyRegionResponse out;
+  out.set_checksum(now_checksum);
+  out.set_bytes_checked(bytes);
   return out;
 }
 

@@ -54,6 +54,8 @@ class RegionTable {
   absl::StatusOr<v1::ListRegionsResponse> List(const v1::ListRegionsRequest& request);
   absl::StatusOr<v1::RegionInfo> Get(const v1::GetRegionRequest& request);
   absl::StatusOr<v1::EvictResponse> Evict(const v1::EvictRequest& request);
+  // Recomputes a sealed region's checksum; DATA_LOSS if its bytes changed since sealing.
+  absl::StatusOr<v1::VerifyRegionResponse> Verify(const v1::VerifyRegionRequest& request);
   v1::StatsResponse Stats();
 
   // Drops expired leases, deletes regions idle past their TTL, reclaims quarantined pages.
@@ -80,9 +82,20 @@ class RegionTable {
     int64_t ttl_ms = 0;
     std::vector<std::vector<uint32_t>> pages;  // [layer] -> pool pages
     absl::flat_hash_map<uint64_t, Clock::time_point> leases;  // lease id -> expiry
+    bool has_checksum = false;  // computed when sealed
+    uint64_t checksum = 0;
 
     int64_t page_count() const;
   };
+
+  // What checksumming needs of a region, copied so the hash runs outside the lock.
+  struct RegionSnapshot {
+    uint64_t id = 0;
+    Geometry geometry;
+    std::vector<std::vector<uint32_t>> pages;
+    int64_t committed_tokens = 0;
+  };
+  RegionSnapshot SnapshotLocked(const Region& region) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Status ValidateKey(const std::string& key) const;
   absl::Status CheckLeaseIdCount(int count) const;

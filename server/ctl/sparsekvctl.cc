@@ -38,6 +38,7 @@ constexpr char kUsage[] =
     "  regions [PREFIX]    list regions (optionally only keys starting with PREFIX)\n"
     "  region KEY          one region in detail\n"
     "  delete KEY          delete a region (its memory is reused once its leases expire)\n"
+    "  verify KEY          re-read a sealed region and check it against its seal-time checksum\n"
     "  evict --bytes N     evict sealed, unleased regions, least recently used first, until N\n"
     "                      bytes are freed (N like 512MiB)\n"
     "  drain [--off]       refuse new regions (existing ones stay readable); --off accepts again\n"
@@ -74,11 +75,12 @@ std::string RegionJson(const v1::RegionInfo& r) {
       "{\"key\":%s,\"region_id\":%d,\"layers\":%d,\"entry_bytes\":%d,\"entry_stride_bytes\":%d,"
       "\"tokens_per_page\":%d,\"capacity_tokens\":%d,\"committed_tokens\":%d,\"sealed\":%s,"
       "\"bytes\":%d,\"created_unix_ms\":%d,\"last_access_unix_ms\":%d,\"ttl_ms\":%d,"
-      "\"active_leases\":%d}",
+      "\"active_leases\":%d,\"checksum\":%s}",
       JsonString(r.key()), r.region_id(), r.geometry().layers(), r.geometry().entry_bytes(),
       r.geometry().entry_stride_bytes(), r.geometry().tokens_per_page(), r.capacity_tokens(),
       r.committed_tokens(), r.sealed() ? "true" : "false", r.bytes(), r.created_unix_ms(),
-      r.last_access_unix_ms(), r.ttl_ms(), r.active_leases());
+      r.last_access_unix_ms(), r.ttl_ms(), r.active_leases(),
+      r.has_checksum() ? absl::StrFormat("\"%016x\"", r.checksum()) : std::string("null"));
 }
 
 int Fail(const grpc::Status& status, const std::string& server) {
@@ -272,6 +274,23 @@ int Main(int argc, char** argv) {
       for (const auto& k : resp.evicted_keys()) std::printf("  %s\n", k.c_str());
     }
     return resp.evicted_bytes() >= bytes ? 0 : kExitRefused;
+  }
+  if (command == "verify") {
+    if (rest.size() != 2) return Usage("verify needs exactly one KEY");
+    v1::VerifyRegionRequest req;
+    req.set_key(rest[1]);
+    v1::VerifyRegionResponse resp;
+    auto ctx = context();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 60000)));
+    if (auto s = stub->VerifyRegion(ctx.get(), req, &resp); !s.ok()) return Fail(s, server);
+    if (json) {
+      std::printf("{\"key\":%s,\"ok\":true,\"checksum\":\"%016llx\",\"bytes_checked\":%lld}\n", JsonString(rest[1]).c_str(),
+                  static_cast<unsigned long long>(resp.checksum()), static_cast<long long>(resp.bytes_checked()));
+    } else {
+      std::printf("region '%s' OK: %s checked, checksum %016llx matches the seal\n", rest[1].c_str(),
+                  FormatBytes(resp.bytes_checked()).c_str(), static_cast<unsigned long long>(resp.checksum()));
+    }
+    return 0;
   }
   if (command == "drain") {
     bool enable = true;

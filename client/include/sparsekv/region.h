@@ -60,6 +60,10 @@ class Region {
   // Re-reads page tables and committed length from the daemon (takes a fresh lease).
   absl::Status Refresh();
 
+  // Re-reads every committed entry and checks it against the checksum the daemon computed when
+  // the region was sealed: DATA_LOSS if any byte changed, FAILED_PRECONDITION if not sealed.
+  absl::Status Verify() const;
+
   // Copies the entries of `layer` at `indices` densely into dst (entry i at i * entry_bytes()).
   // dst must hold indices.size() * entry_bytes() bytes. An index at or past the committed
   // length is OUT_OF_RANGE and nothing is written.
