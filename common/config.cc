@@ -1,6 +1,10 @@
 #include "common/config.h"
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <map>
 
 #include <toml++/toml.h>
@@ -123,9 +127,21 @@ absl::StatusOr<std::string> ScalarText(const std::string& key, const toml::node&
 }  // namespace
 
 absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrFormat("config %s: cannot be read: %s", path, std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  if (auto s = LoadConfigText(text.str(), path, config); !s.ok()) return s;
+  config->config_file = path;
+  return absl::OkStatus();
+}
+
+absl::Status LoadConfigText(std::string_view text, const std::string& path, DaemonConfig* config) {
   toml::table root;
   try {
-    root = toml::parse_file(path);
+    root = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
     return absl::InvalidArgumentError(absl::StrFormat("config %s:%d:%d: %s", path, where.line,
@@ -150,7 +166,6 @@ absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config) {
       }
     }
   }
-  config->config_file = path;
   return absl::OkStatus();
 }
 

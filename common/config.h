@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -55,6 +56,8 @@ struct DaemonConfig {
 
 // Reads a TOML config file over `config`. Errors name the file, the key and the value.
 absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config);
+// The same for TOML text; `origin` names it in errors.
+absl::Status LoadConfigText(std::string_view text, const std::string& origin, DaemonConfig* config);
 
 // Parses argv: --config FILE is read first wherever it stands, then every other flag overrides it.
 // Sets *help when --help was given (and returns OK without validating further).
