@@ -18,7 +18,8 @@ absl::Status ResolveTopK(const RegionLayout& layout, int32_t layer,
   }
   const std::vector<uint32_t>& pages = (*layout.pages)[layer];
   const int64_t covered = static_cast<int64_t>(pages.size()) * g.tokens_per_page;
-  const int64_t limit = std::min(readable_tokens, covered);
+  // A negative committed length (a corrupt reply) must not turn into a huge unsigned bound.
+  const int64_t limit = std::max<int64_t>(0, std::min(readable_tokens, covered));
   const int64_t tokens_per_page = g.tokens_per_page;
   const int64_t stride = g.entry_stride_bytes;
   const int64_t page_bytes = g.page_bytes;

@@ -11,6 +11,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libfabric-dev libibverbs-dev librdmacm-dev libnuma-dev libtomlplusplus-dev
   libmicrohttpd-dev libsystemd-dev libxxhash-dev systemd dpkg-dev curl
+  clang libclang-rt-14-dev
   catch2 redis-server
 )
 

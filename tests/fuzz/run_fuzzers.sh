@@ -13,7 +13,7 @@ for target in config planner requests; do
   work="$(mktemp -d)"
   cp "$HERE/corpus/$target/"* "$work/" 2>/dev/null || true
   echo "== fuzz_$target for ${SECONDS_EACH}s"
-  if ! "$bin" -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -artifact_prefix="$HERE/corpus/$target/crash-" \
+  if ! "$bin" -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -artifact_prefix="$HERE/corpus/$target/" \
        "$work" > "$work.log" 2>&1; then
     tail -40 "$work.log"
     echo "fuzz_$target FAILED: the crashing input is in $HERE/corpus/$target/"

@@ -103,3 +103,11 @@ TEST_CASE("the prefetching gather copies exactly the entries asked for, densely"
     REQUIRE(dst.back() == std::byte{0x11});  // nothing written past the last entry
   }
 }
+
+TEST_CASE("a negative committed length refuses every index (found by fuzz_planner)", "[planner]") {
+  Layout L(1, 2, 656, 4096);
+  std::vector<int64_t> off(2);
+  std::vector<int32_t> idx = {0, 3};
+  REQUIRE(ResolveTopK(L.view, 0, idx, -5, absl::MakeSpan(off)).code() == absl::StatusCode::kOutOfRange);
+  REQUIRE(ResolveTopK(L.view, 0, idx, INT64_MIN, absl::MakeSpan(off)).code() == absl::StatusCode::kOutOfRange);
+}
