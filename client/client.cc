@@ -531,6 +531,7 @@ absl::StatusOr<PoolStats> Client::Stats() {
   out.regions = reply.regions();
   out.active_leases = reply.active_leases();
   out.evictions = reply.evictions();
+  out.abandoned_regions = reply.abandoned_regions();
   out.backing = reply.backing_detail();
   return out;
 }

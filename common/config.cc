@@ -77,6 +77,8 @@ const std::vector<Option>& Options() {
        [](DaemonConfig* c, const std::string& v) { return SetInt("leases.lease_ms", v, 100, 3600000, &c->lease_ms); }},
       {"leases.reap_interval_ms", "--reap-interval-ms", "how often expired leases, TTLs and quarantined pages are processed (default 200)",
        [](DaemonConfig* c, const std::string& v) { return SetInt("leases.reap_interval_ms", v, 10, 60000, &c->reap_interval_ms); }},
+      {"leases.abandon_ms", "--abandon-ms", "delete an unsealed region nobody has held a lease on for this long (a crashed writer's); 0 never (default 60000)",
+       [](DaemonConfig* c, const std::string& v) { return SetInt("leases.abandon_ms", v, 0, int64_t{30} * 24 * 3600 * 1000, &c->abandon_ms); }},
       {"eviction.policy", "--eviction-policy", "lru (default)",
        [](DaemonConfig* c, const std::string& v) {
          if (v != "lru") return absl::InvalidArgumentError(absl::StrFormat("eviction.policy: unknown policy '%s' (known: lru)", v));
@@ -277,7 +279,7 @@ std::string DescribeConfig(const DaemonConfig& c) {
       "[listen]\n", "tcp = ", q(c.listen), "\n", "unix = ", q(c.unix_socket), "\n\n",
       "[metrics]\n", "listen = ", q(c.metrics_listen), "\n\n",
       "[runtime]\n", "dir = ", q(c.runtime_dir), "\n", "ready_file = ", q(c.ready_file), "\n\n",
-      "[leases]\n", "lease_ms = ", c.lease_ms, "\n", "reap_interval_ms = ", c.reap_interval_ms, "\n\n",
+      "[leases]\n", "lease_ms = ", c.lease_ms, "\n", "reap_interval_ms = ", c.reap_interval_ms, "\n", "abandon_ms = ", c.abandon_ms, "\n\n",
       "[eviction]\n", "policy = ", q(c.eviction_policy), "\n\n",
       "[limits]\n", "max_regions = ", c.limits.max_regions, "\n", "max_layers = ", c.limits.max_layers,
       "\n", "max_entry_bytes = ", c.limits.max_entry_bytes, "\n", "max_capacity_tokens = ",

@@ -44,6 +44,7 @@ struct DaemonConfig {
   // [leases]
   int64_t lease_ms = 10000;
   int64_t reap_interval_ms = 200;     // TTL expiry, lease expiry and quarantine reclaim
+  int64_t abandon_ms = 60000;         // an unsealed region with no lease for this long is deleted; 0: never
   // [eviction]
   std::string eviction_policy = "lru";
   // [limits]

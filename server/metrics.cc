@@ -48,6 +48,7 @@ std::string Metrics::RenderPrometheus(const v1::StatsResponse& st) const {
   counter("sparsekv_evictions_total", "Regions evicted.", st.evictions());
   counter("sparsekv_evicted_bytes_total", "Bytes freed by eviction.", st.evicted_bytes());
   counter("sparsekv_expired_regions_total", "Regions deleted after idling past their TTL.", st.expired_regions());
+  counter("sparsekv_abandoned_regions_total", "Unsealed regions deleted after nobody held a lease on them.", st.abandoned_regions());
   counter("sparsekv_region_creates_total", "Regions created.", st.creates());
   counter("sparsekv_region_deletes_total", "Regions deleted on request.", st.deletes());
 

@@ -60,6 +60,7 @@ void RegionTable::ApplyRuntimeConfig(const DaemonConfig& next) {
   absl::MutexLock lock(&config_mu_);
   config_.limits = next.limits;
   config_.lease_ms = next.lease_ms;
+  config_.abandon_ms = next.abandon_ms;
   config_.log_level = next.log_level;
 }
 
@@ -565,6 +566,7 @@ v1::StatsResponse RegionTable::Stats() {
   out.set_evictions(counters_.evictions);
   out.set_evicted_bytes(counters_.evicted_bytes);
   out.set_expired_regions(counters_.expired_regions);
+  out.set_abandoned_regions(counters_.abandoned_regions);
   out.set_creates(counters_.creates);
   out.set_deletes(counters_.deletes);
   out.set_backing(BackingKindName(pool_->spec().kind));
@@ -576,8 +578,9 @@ v1::StatsResponse RegionTable::Stats() {
 }
 
 void RegionTable::Reap(Clock::time_point now) {
+  const int64_t abandon_ms = config().abandon_ms;
   absl::MutexLock lock(&mu_);
-  std::vector<Region*> expired;
+  std::vector<Region*> expired, abandoned;
   for (auto& [key, region] : regions_) {
     for (auto it = region->leases.begin(); it != region->leases.end();) {
       if (it->second <= now) {
@@ -590,12 +593,23 @@ void RegionTable::Reap(Clock::time_point now) {
     }
     if (region->ttl_ms > 0 && now - region->last_access > std::chrono::milliseconds(region->ttl_ms)) {
       expired.push_back(region.get());
+    } else if (!region->sealed && abandon_ms > 0 && region->leases.empty() &&
+               now - region->last_access > std::chrono::milliseconds(abandon_ms)) {
+      abandoned.push_back(region.get());
     }
   }
   for (Region* region : expired) {
     SKV_LOG_INFO("ttl", "region '%s' idle past its TTL of %d ms; deleting", region->key, region->ttl_ms);
     RemoveLocked(region, absl::StrFormat("deleted after %d ms idle (TTL)", region->ttl_ms), now);
     counters_.expired_regions++;
+  }
+  // An unsealed region can never be evicted, so one whose writer died would hold its memory
+  // forever: once nobody has held a lease on it for abandon_ms, it goes.
+  for (Region* region : abandoned) {
+    SKV_LOG_WARN("abandon", "region '%s' was never sealed and nobody has held it for %d ms; deleting it",
+                 region->key, abandon_ms);
+    RemoveLocked(region, absl::StrFormat("deleted: unsealed and unleased for %d ms (abandoned)", abandon_ms), now);
+    counters_.abandoned_regions++;
   }
   auto keep_reasons = std::chrono::milliseconds(lease_ms() * 4);
   for (auto it = revoked_.begin(); it != revoked_.end();) {

@@ -145,7 +145,7 @@ class RegionTable {
   uint64_t next_region_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   struct Counters {
-    int64_t evictions = 0, evicted_bytes = 0, expired_regions = 0, creates = 0, deletes = 0;
+    int64_t evictions = 0, evicted_bytes = 0, expired_regions = 0, abandoned_regions = 0, creates = 0, deletes = 0;
   } counters_ ABSL_GUARDED_BY(mu_);
 };
 

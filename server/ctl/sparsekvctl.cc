@@ -152,12 +152,12 @@ int Main(int argc, char** argv) {
           "{\"server\":%s,\"version\":%s,\"backing\":%s,\"backing_detail\":%s,\"pool_bytes\":%d,"
           "\"used_bytes\":%d,\"free_bytes\":%d,\"quarantined_bytes\":%d,\"page_bytes\":%d,"
           "\"regions\":%d,\"sealed_regions\":%d,\"active_leases\":%d,\"evictions\":%d,"
-          "\"evicted_bytes\":%d,\"expired_regions\":%d,\"creates\":%d,\"deletes\":%d,"
+          "\"evicted_bytes\":%d,\"expired_regions\":%d,\"abandoned_regions\":%d,\"creates\":%d,\"deletes\":%d,"
           "\"lease_ms\":%d,\"uptime_ms\":%d,\"draining\":%s}\n",
           JsonString(server).c_str(), JsonString(kVersion).c_str(), JsonString(st.backing()).c_str(),
           JsonString(st.backing_detail()).c_str(), st.pool_bytes(), st.used_bytes(), st.free_bytes(),
           st.quarantined_bytes(), st.page_bytes(), st.regions(), st.sealed_regions(),
-          st.active_leases(), st.evictions(), st.evicted_bytes(), st.expired_regions(),
+          st.active_leases(), st.evictions(), st.evicted_bytes(), st.expired_regions(), st.abandoned_regions(),
           st.creates(), st.deletes(), st.lease_ms(), st.uptime_ms(), st.draining() ? "true" : "false");
     } else {
       double pct = st.pool_bytes() ? 100.0 * st.used_bytes() / st.pool_bytes() : 0;

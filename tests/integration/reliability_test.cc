@@ -13,6 +13,11 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include <sys/wait.h>
+
+#include <fstream>
+
+#include "tests/support/churn.h"
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/pattern_regions.h"
 
@@ -68,105 +73,117 @@ TEST_CASE("sealed regions carry a checksum that verify checks; a changed byte is
 }
 
 TEST_CASE("churn: under create, write, fetch, delete and eviction a reader never sees another region's bytes", "[reliability][churn]") {
-  // A small pool forces eviction; short leases exercise lapse; keys carry their generation, and
-  // every entry encodes (generation, layer, token), so a misdirected read cannot pass.
+  // A small pool forces eviction; short leases and clients that never renew exercise lapse.
   DaemonFixture daemon({.pool_size = "24MiB", .lease_ms = 600});
-  const int32_t kLayers = 2, kEntry = 656;
-  std::atomic<int64_t> next_generation{1}, creates{0}, deletes{0}, fetches{0}, entries{0}, wrong{0},
-      unexpected{0}, refused{0};
-  std::mutex live_mu;
-  std::vector<std::string> live;  // keys that may exist
-  auto key_of = [](int64_t gen) { return absl::StrFormat("churn-%d", gen); };
-  auto gen_of = [](const std::string& key) { return std::stoll(key.substr(6)); };
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(4);
-  auto expected_error = [](absl::StatusCode code) {
-    return code == absl::StatusCode::kNotFound || code == absl::StatusCode::kFailedPrecondition ||
-           code == absl::StatusCode::kResourceExhausted || code == absl::StatusCode::kAlreadyExists;
-  };
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 6; ++t) {
-    threads.emplace_back([&, t] {
-      auto client = daemon.NewClient({.renew_leases = t % 3 != 2});  // some never renew
-      std::mt19937_64 rng(t * 7919);
-      std::vector<std::shared_ptr<Region>> held;
-      while (std::chrono::steady_clock::now() < deadline) {
-        int op = static_cast<int>(rng() % 10);
-        if (op < 3) {  // create, fill, maybe seal
-          int64_t gen = next_generation++;
-          int64_t tokens = 200 + static_cast<int64_t>(rng() % 1500);
-          auto r = MakePatternRegion(*client, key_of(gen), kLayers, kEntry, tokens, static_cast<uint64_t>(gen), rng() % 4 != 0);
-          if (!r.ok()) {
-            (expected_error(r.status().code()) ? refused : unexpected)++;
-            if (!expected_error(r.status().code())) UNSCOPED_INFO("create: " << r.status().ToString());
-            continue;
-          }
-          creates++;
-          std::lock_guard lock(live_mu);
-          live.push_back(key_of(gen));
-          if (rng() % 2) held.push_back(*r);
-        } else if (op < 8) {  // open (or reuse a held handle) and fetch
-          std::shared_ptr<Region> region;
-          if (!held.empty() && rng() % 2) {
-            region = held[rng() % held.size()];
-          } else {
-            std::string key;
-            {
-              std::lock_guard lock(live_mu);
-              if (live.empty()) continue;
-              key = live[rng() % live.size()];
-            }
-            auto opened = client->Open(key);
-            if (!opened.ok()) {
-              (expected_error(opened.status().code()) ? refused : unexpected)++;
-              continue;
-            }
-            region = *opened;
-            if (rng() % 3 == 0) held.push_back(region);
-          }
-          int64_t gen = gen_of(region->key());
-          int64_t committed = region->committed_tokens();
-          if (committed == 0) continue;
-          std::vector<int32_t> idx(64);
-          for (auto& i : idx) i = static_cast<int32_t>(rng() % committed);
-          std::vector<std::byte> dst(idx.size() * kEntry);
-          int32_t layer = static_cast<int32_t>(rng() % kLayers);
-          if (rng() % 5 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 50));
-          auto st = region->Fetch(layer, idx, absl::MakeSpan(dst));
-          if (!st.ok()) {
-            (expected_error(st.code()) ? refused : unexpected)++;
-            if (!expected_error(st.code())) UNSCOPED_INFO("fetch: " << st.ToString());
-            continue;
-          }
-          fetches++;
-          entries += static_cast<int64_t>(idx.size());
-          wrong += CountWrong(static_cast<uint64_t>(gen), layer, idx, kEntry, dst);
-        } else if (op < 9) {  // delete someone's region
-          std::string key;
-          {
-            std::lock_guard lock(live_mu);
-            if (live.empty()) continue;
-            size_t i = rng() % live.size();
-            key = live[i];
-            live.erase(live.begin() + static_cast<long>(i));
-          }
-          auto st = client->Delete(key);
-          if (st.ok()) deletes++;
-          else (expected_error(st.code()) ? refused : unexpected)++;
-        } else if (!held.empty()) {  // drop a handle
-          held.erase(held.begin() + static_cast<long>(rng() % held.size()));
-        }
-      }
+  ChurnStats stats;
+  RunChurn({.server = daemon.address(), .threads = 6, .seconds = 4}, &stats);
+  auto pool = daemon.client().Stats();
+  REQUIRE(pool.ok());
+  INFO(stats.ToJson() << " evictions " << pool->evictions << " first unexpected: " << stats.first_unexpected);
+  REQUIRE(stats.wrong == 0);
+  REQUIRE(stats.unexpected == 0);
+  REQUIRE(stats.creates > 50);
+  REQUIRE(stats.fetches > 200);
+  REQUIRE(stats.deletes > 10);
+  REQUIRE(pool->evictions > 0);
+}
+
+namespace {
+int64_t RssAnonKiB(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::atoll(line.c_str() + 8);
+  }
+  return -1;
+}
+
+void DeleteEverything(Client& client) {
+  auto all = client.List();
+  if (!all.ok()) return;
+  for (const auto& r : *all) (void)client.Delete(r.key);
+}
+}  // namespace
+
+TEST_CASE("soak: client threads and processes churn at a fill level that forces eviction; no wrong bytes, no leaks", "[reliability][soak]") {
+  DaemonFixture daemon({.pool_size = "32MiB", .lease_ms = 600});
+  // Warm up the daemon's own allocations (gRPC threads, arenas), then take its idle footprint.
+  ChurnStats warm;
+  RunChurn({.server = daemon.address(), .threads = 2, .seconds = 1, .key_prefix = "warm"}, &warm);
+  DeleteEverything(daemon.client());
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  const int64_t idle_kib = RssAnonKiB(daemon.pid());
+  REQUIRE(idle_kib > 0);
+
+  std::vector<CommandResult> procs(2);
+  std::vector<std::thread> runners;
+  for (int p = 0; p < 2; ++p) {
+    runners.emplace_back([&, p] {
+      procs[p] = RunCommand(absl::StrFormat("%s/sparsekv-churn --server %s --seconds 5 --threads 3 --seed %d --prefix proc%d",
+                                            std::string(SPARSEKV_CHURN_DIR), daemon.address(), p + 10, p));
     });
   }
-  for (auto& th : threads) th.join();
+  ChurnStats local;
+  RunChurn({.server = daemon.address(), .threads = 3, .seconds = 5, .seed = 3, .key_prefix = "local"}, &local);
+  for (auto& r : runners) r.join();
+  for (const auto& p : procs) {
+    INFO(p.out << p.err);
+    REQUIRE(p.exit_code == 0);
+    REQUIRE(p.out.find("\"wrong\":0,") != std::string::npos);
+  }
+  INFO(local.ToJson() << " " << local.first_unexpected);
+  REQUIRE(local.wrong == 0);
+  REQUIRE(local.unexpected == 0);
   auto stats = daemon.client().Stats();
-  REQUIRE(stats.ok());
-  INFO("creates " << creates << " deletes " << deletes << " fetches " << fetches << " entries " << entries
-                  << " refused " << refused << " evictions " << stats->evictions);
-  REQUIRE(wrong == 0);
-  REQUIRE(unexpected == 0);
-  REQUIRE(creates > 50);
-  REQUIRE(fetches > 200);
-  REQUIRE(deletes > 10);
   REQUIRE(stats->evictions > 0);
+
+  // Everything deleted and every lease run out: the pool is whole again and the daemon's own
+  // memory is back near its idle level.
+  DeleteEverything(daemon.client());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  stats = daemon.client().Stats();
+  REQUIRE(stats->used_bytes == 0);
+  REQUIRE(stats->quarantined_bytes == 0);
+  REQUIRE(stats->free_bytes == stats->pool_bytes);
+  const int64_t after_kib = RssAnonKiB(daemon.pid());
+  INFO("daemon RssAnon idle " << idle_kib << " KiB, after soak " << after_kib << " KiB");
+  REQUIRE(after_kib <= idle_kib + 8 * 1024);
+}
+
+TEST_CASE("a client process killed while holding leases: leases expire, unsealed regions are reclaimed", "[reliability][fault]") {
+  DaemonFixture daemon({.pool_size = "32MiB", .lease_ms = 500, .extra_args = {"--abandon-ms", "800"}});
+  TempDir dir;
+  std::string out = dir.path() + "/out";
+  pid_t holder = fork();
+  if (holder == 0) {
+    FILE* f = freopen(out.c_str(), "w", stdout);
+    (void)f;
+    execl((std::string(SPARSEKV_CHURN_DIR) + "/sparsekv-churn").c_str(), "sparsekv-churn", "--server",
+          daemon.address().c_str(), "--hold", "4", "--prefix", "held", nullptr);
+    _exit(127);
+  }
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::string text;
+  while (std::chrono::steady_clock::now() < until && text.find("holding") == std::string::npos) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::ifstream in(out);
+    std::getline(in, text);
+  }
+  REQUIRE(text == "holding");
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // leases renewed past one period
+  auto before = daemon.client().Stats();
+  REQUIRE(before->regions == 4);
+  REQUIRE(before->active_leases == 4);
+  kill(holder, SIGKILL);
+  waitpid(holder, nullptr, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1800));
+  auto after = daemon.client().Stats();
+  REQUIRE(after->active_leases == 0);
+  REQUIRE(after->regions == 2);            // the two sealed ones stay, now evictable
+  REQUIRE(after->abandoned_regions == 2);  // the two unsealed ones went
+  REQUIRE(daemon.Ctl("evict --bytes 1GiB").exit_code == 1);  // evicts both, still short of 1 GiB
+  auto end = daemon.client().Stats();
+  REQUIRE(end->regions == 0);
+  REQUIRE(end->used_bytes == 0);
+  REQUIRE(end->quarantined_bytes == 0);
 }

@@ -71,6 +71,7 @@ struct PoolStats {
   int64_t regions = 0;
   int64_t active_leases = 0;
   int64_t evictions = 0;
+  int64_t abandoned_regions = 0;  // unsealed regions deleted after their writer vanished
   std::string backing;
 };
 
