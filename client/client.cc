@@ -286,7 +286,7 @@ void Client::Impl::RenewOnce() {
     absl::MutexLock lock(&mu);
     for (auto it = open.begin(); it != open.end();) {
       if (auto s = it->second.lock()) {
-        live.push_back(std::move(s));
+        if (!s->revoked.load()) live.push_back(std::move(s));  // a revoked handle stays revoked
         ++it;
       } else {
         open.erase(it++);
@@ -335,11 +335,20 @@ void Client::Impl::RenewOnce() {
       absl::MutexLock lock(&s.mu);
       s.renew_error.clear();
     } else {
+      // The lease is gone, but the region may not be: after a daemon restart, or a lease that
+      // lapsed in a network hiccup, reopening the same region (same id) continues safely.
+      bool reopened = false;
       {
-        absl::MutexLock lock(&s.mu);
-        s.revoked_reason = state.reason();
+        absl::MutexLock lock(&s.write_mu);
+        reopened = s.Refresh().ok();
       }
-      s.revoked.store(true, std::memory_order_release);
+      if (!reopened) {
+        {
+          absl::MutexLock lock(&s.mu);
+          s.revoked_reason = state.reason();
+        }
+        s.revoked.store(true, std::memory_order_release);
+      }
     }
   }
 }

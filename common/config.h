@@ -41,6 +41,7 @@ struct DaemonConfig {
   // [runtime]
   std::string runtime_dir;            // "" : /run/sparsekvd as root, else $XDG_RUNTIME_DIR/sparsekvd or /tmp/sparsekvd-UID
   std::string ready_file;             // written with {"port":N,...} once every listener is up
+  std::string state_dir;              // region journal for restarts; "" keeps no state
   // [leases]
   int64_t lease_ms = 10000;
   int64_t reap_interval_ms = 200;     // TTL expiry, lease expiry and quarantine reclaim

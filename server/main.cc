@@ -27,6 +27,7 @@
 #include "common/version.h"
 #include "server/control_service.h"
 #include "server/eviction.h"
+#include "server/journal.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/pool.h"
@@ -37,6 +38,7 @@ namespace sparsekv {
 namespace {
 
 constexpr char kLog[] = "sparsekvd";
+constexpr char kPoolFdName[] = "sparsekv-pool";
 
 std::string DefaultRuntimeDir() {
   if (geteuid() == 0) return "/run/sparsekvd";
@@ -165,7 +167,18 @@ int Run(int argc, char** argv) {
       last_report = now;
     }
   };
-  auto pool = Pool::Create(*backing, config.pool_bytes, config.prefault, progress);
+  // A pool descriptor systemd kept for us across a restart (FDSTORE), if any.
+  int inherited_fd = -1;
+  {
+    char** names = nullptr;
+    int n = sd_listen_fds_with_names(1, &names);
+    for (int i = 0; i < n; ++i) {
+      if (std::string(names[i]) == kPoolFdName && inherited_fd < 0) inherited_fd = SD_LISTEN_FDS_START + i;
+      free(names[i]);
+    }
+    free(names);
+  }
+  auto pool = Pool::Create(*backing, config.pool_bytes, config.prefault, progress, inherited_fd);
   if (!pool.ok()) {
     SKV_LOG_ERROR(kLog, "pool: %s", pool.status().message());
     return 1;
@@ -176,6 +189,20 @@ int Run(int argc, char** argv) {
                FormatBytes(config.page_bytes), (*pool)->size_bytes() / config.page_bytes,
                config.prefault ? "yes" : "no",
                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+
+  if ((*pool)->memory_backed()) {
+    if (inherited_fd >= 0) {
+      SKV_LOG_INFO("pool", "took the pool back from systemd's descriptor store");
+    } else if (getenv("NOTIFY_SOCKET") != nullptr) {
+      int fd = (*pool)->fd();
+      if (sd_pid_notify_with_fds(0, 0, absl::StrCat("FDSTORE=1\nFDNAME=", kPoolFdName).c_str(), &fd, 1) > 0) {
+        SKV_LOG_INFO("pool", "pool descriptor kept in systemd's descriptor store: a restart keeps the pool");
+      }
+    } else if (!config.state_dir.empty()) {
+      SKV_LOG_WARN("pool", "not run under systemd: a restart loses this %s pool and every region in it "
+                   "(use a file, hugetlbfs or devdax backing, or run under systemd)", (*pool)->Describe());
+    }
+  }
 
   std::unique_ptr<ShmServer> shm;
   if ((*pool)->client_path().empty()) {
@@ -198,6 +225,50 @@ int Run(int argc, char** argv) {
   RegionTable table(pool->get(), config, std::move(*policy), shm ? shm->socket_path() : "");
   Metrics metrics;
   ControlService service(&table, &metrics);
+
+  std::unique_ptr<RegionJournal> journal;
+  if (!config.state_dir.empty()) {
+    auto opened = RegionJournal::Open(config.state_dir);
+    if (!opened.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", opened.status().message());
+      return 1;
+    }
+    journal = std::move(*opened);
+    if (journal->torn_bytes() > 0) {
+      SKV_LOG_WARN("restore", "%s: ignoring %d bytes after the last whole record (torn by a crash)",
+                   journal->path(), journal->torn_bytes());
+    }
+    const auto& previous = journal->replayed_pool();
+    const size_t sealed = journal->replayed_regions().size();
+    std::string mismatch;
+    if (!previous) mismatch = "no previous pool";
+    else if (!(*pool)->survived()) mismatch = "the pool memory did not survive the restart";
+    else if (previous->backing() != config.backing) mismatch = absl::StrCat("backing changed from ", previous->backing());
+    else if (previous->pool_bytes() != (*pool)->size_bytes()) mismatch = "pool size changed";
+    else if (previous->page_bytes() != config.page_bytes) mismatch = "page size changed";
+    if (mismatch.empty()) {
+      (*pool)->set_uuid(previous->pool_uuid());
+      auto restore_started = std::chrono::steady_clock::now();
+      NotifyStatus(absl::StrFormat("restoring and verifying %d sealed regions", sealed));
+      auto report = table.Restore(journal->replayed_regions());
+      SKV_LOG_INFO("restore", "restored %d sealed regions (%s), checksums verified, in %.0f ms; dropped %d%s",
+                   report.restored, FormatBytes(report.restored_bytes),
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - restore_started).count(),
+                   report.dropped, report.first_problem.empty() ? "" : absl::StrCat(" (", report.first_problem, ")"));
+    } else if (sealed > 0) {
+      SKV_LOG_WARN("restore", "%d sealed regions of the previous run are lost: %s", sealed, mismatch);
+    }
+    v1::JournalPool header;
+    header.set_pool_uuid((*pool)->uuid());
+    header.set_backing(config.backing);
+    header.set_pool_bytes((*pool)->size_bytes());
+    header.set_page_bytes(config.page_bytes);
+    if (auto s = table.AttachJournal(journal.get(), header); !s.ok()) {
+      SKV_LOG_ERROR(kLog, "journal: %s", s.message());
+      return 1;
+    }
+    SKV_LOG_INFO("restore", "sealed regions are journaled to %s", journal->path());
+  }
 
   grpc::ServerBuilder builder;
   int tcp_port = 0;

@@ -46,6 +46,35 @@ int64_t PageAllocator::ReclaimExpired(Clock::time_point now) {
   return reclaimed;
 }
 
+absl::Status PageAllocator::ClaimAll(const std::vector<uint32_t>& pages) {
+  absl::MutexLock lock(&mu_);
+  std::vector<bool> is_free(total_pages_, false), claimed(total_pages_, false);
+  for (uint32_t p : free_) is_free[p] = true;
+  for (uint32_t p : pages) {
+    if (p >= total_pages_ || !is_free[p] || claimed[p]) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "page %d is out of range, not free, or claimed twice (pool of %d pages)", p, total_pages_));
+    }
+    claimed[p] = true;
+  }
+  std::vector<uint32_t> rest;
+  rest.reserve(free_.size() - pages.size());
+  for (uint32_t p : free_) {
+    if (!claimed[p]) rest.push_back(p);
+  }
+  free_ = std::move(rest);
+  return absl::OkStatus();
+}
+
+void PageAllocator::QuarantineFree(Clock::time_point reusable_at) {
+  absl::MutexLock lock(&mu_);
+  if (free_.empty()) return;
+  quarantined_ += static_cast<int64_t>(free_.size());
+  std::vector<uint32_t> pages(free_.rbegin(), free_.rend());  // keep low pages first on return
+  free_.clear();
+  quarantine_.emplace(reusable_at, std::move(pages));
+}
+
 int64_t PageAllocator::free_pages() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int64_t>(free_.size());

@@ -38,6 +38,13 @@ class PageAllocator {
   // Moves quarantined pages whose deadline is at or before `now` to the free stack.
   int64_t ReclaimExpired(Clock::time_point now);
 
+  // Takes these specific pages out of the free stack (restoring regions after a restart).
+  // INVALID_ARGUMENT, and nothing taken, if any is out of range, listed twice or not free.
+  absl::Status ClaimAll(const std::vector<uint32_t>& pages);
+  // Quarantines every free page until `reusable_at`: after a restart, clients of the previous
+  // run may still hold leases this daemon never heard of.
+  void QuarantineFree(Clock::time_point reusable_at);
+
   uint32_t total_pages() const { return total_pages_; }
   int64_t free_pages() const;
   int64_t quarantined_pages() const;

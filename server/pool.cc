@@ -186,12 +186,31 @@ absl::Status CheckFitsInFilesystem(int fd, int64_t size_bytes, const std::string
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, int64_t size_bytes,
-                                                  bool prefault, const Progress& progress) {
+                                                  bool prefault, const Progress& progress, int inherited_fd) {
   std::unique_ptr<Pool> pool(new Pool());
   pool->spec_ = spec;
   pool->uuid_ = NewUuid();
   int fd = -1;
   int mmap_flags = MAP_SHARED;
+  if (inherited_fd >= 0 && pool->memory_backed()) {
+    struct stat st;
+    if (fstat(inherited_fd, &st) != 0 || st.st_size != size_bytes) {
+      close(inherited_fd);
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "the inherited pool descriptor has %d bytes, the configured pool %d; not reusing it",
+          static_cast<int64_t>(st.st_size), size_bytes));
+    }
+    void* addr = mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, inherited_fd, 0);
+    if (addr == MAP_FAILED) {
+      close(inherited_fd);
+      return absl::FailedPreconditionError(absl::StrFormat("cannot map the inherited pool: %s", Errno(errno)));
+    }
+    pool->fd_ = inherited_fd;
+    pool->base_ = static_cast<std::byte*>(addr);
+    pool->size_bytes_ = size_bytes;
+    pool->survived_ = true;
+    return pool;
+  }
   switch (spec.kind) {
     case PoolBackingSpec::Kind::kMemfd:
     case PoolBackingSpec::Kind::kNuma: {
@@ -241,7 +260,17 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
     }
     case PoolBackingSpec::Kind::kFile:
     case PoolBackingSpec::Kind::kHugetlbfs: {
+      struct stat before;
+      bool existed = stat(spec.path.c_str(), &before) == 0;
       fd = open(spec.path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0660);
+      if (fd >= 0 && existed) {
+        int64_t want = size_bytes;
+        if (spec.kind == PoolBackingSpec::Kind::kHugetlbfs) {
+          struct statfs hfs;
+          if (fstatfs(fd, &hfs) == 0) want = (size_bytes + hfs.f_bsize - 1) / hfs.f_bsize * hfs.f_bsize;
+        }
+        pool->survived_ = before.st_size == want;
+      }
       if (fd < 0) {
         return absl::FailedPreconditionError(
             absl::StrFormat("cannot open pool file %s: %s", spec.path, Errno(errno)));
@@ -290,6 +319,7 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
       int64_t alignment = align.ok() ? *align : (2 << 20);
       if (size_bytes == 0 || size_bytes > *device_size) size_bytes = *device_size;
       size_bytes = size_bytes / alignment * alignment;
+      pool->survived_ = true;  // device memory outlives the daemon
       break;
     }
   }

@@ -43,9 +43,13 @@ class Pool {
  public:
   // Reports reservation progress (bytes done, bytes total) now and then for large pools.
   using Progress = std::function<void(int64_t done, int64_t total)>;
+  // `inherited_fd`, for memfd-style backings, is a pool descriptor kept for us across a
+  // restart (systemd's descriptor store); Create takes ownership and maps it instead of making
+  // a new one.
   static absl::StatusOr<std::unique_ptr<Pool>> Create(const PoolBackingSpec& spec,
                                                       int64_t size_bytes, bool prefault,
-                                                      const Progress& progress = nullptr);
+                                                      const Progress& progress = nullptr,
+                                                      int inherited_fd = -1);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -55,6 +59,15 @@ class Pool {
   int fd() const { return fd_; }
   const PoolBackingSpec& spec() const { return spec_; }
   const std::string& uuid() const { return uuid_; }
+  // The pool kept the bytes of a previous run: an inherited memfd, or a path-backed file that
+  // already had this size.
+  bool survived() const { return survived_; }
+  // Restores the identity of the previous run's pool, so clients recognise it.
+  void set_uuid(std::string uuid) { uuid_ = std::move(uuid); }
+  bool memory_backed() const {
+    return spec_.kind == PoolBackingSpec::Kind::kMemfd || spec_.kind == PoolBackingSpec::Kind::kMemfdHugetlb ||
+           spec_.kind == PoolBackingSpec::Kind::kNuma;
+  }
   // Path a client may open instead of receiving the fd ("" for memfd and numa).
   std::string client_path() const;
   // "memfd", "file:/dev/shm/x", ... with the details an operator wants in `status`.
@@ -67,6 +80,7 @@ class Pool {
   int64_t size_bytes_ = 0;
   int fd_ = -1;
   std::string uuid_;
+  bool survived_ = false;
 };
 
 }  // namespace sparsekv

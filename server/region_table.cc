@@ -1,5 +1,7 @@
 #include "server/region_table.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "absl/strings/escaping.h"
@@ -39,7 +41,121 @@ RegionTable::RegionTable(const Pool* pool, const DaemonConfig& config,
       fd_socket_path_(std::move(fd_socket_path)),
       host_id_(LocalHostId()),
       started_(Clock::now()),
-      allocator_(static_cast<uint32_t>(pool->size_bytes() / config.page_bytes)) {}
+      allocator_(static_cast<uint32_t>(pool->size_bytes() / config.page_bytes)) {
+  // Lease ids carry a per-run incarnation in their high bits, so a renewal of a lease granted
+  // before a restart is recognised as such.
+  incarnation_ = (static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) ^
+                  static_cast<uint64_t>(getpid()) << 16) & 0xffffff;
+  if (incarnation_ == 0) incarnation_ = 1;
+  absl::MutexLock lock(&mu_);
+  next_lease_id_ = (incarnation_ << 40) | 1;
+}
+
+v1::JournalSeal RegionTable::ToJournalSeal(const Region& r) const {
+  v1::JournalSeal seal;
+  seal.set_key(r.key);
+  seal.set_region_id(r.id);
+  seal.set_layers(r.geometry.layers);
+  seal.set_entry_bytes(r.geometry.entry_bytes);
+  seal.set_capacity_tokens(r.capacity_tokens);
+  seal.set_committed_tokens(r.committed_tokens);
+  seal.set_checksum(r.checksum);
+  seal.set_ttl_ms(r.ttl_ms);
+  seal.set_created_unix_ms(r.created_unix_ms);
+  for (const auto& layer : r.pages) seal.add_pages()->mutable_pages()->Add(layer.begin(), layer.end());
+  return seal;
+}
+
+RegionTable::RestoreReport RegionTable::Restore(const std::vector<v1::JournalSeal>& regions) {
+  RestoreReport report;
+  auto drop = [&](const v1::JournalSeal& seal, const std::string& why) {
+    report.dropped++;
+    if (report.first_problem.empty()) report.first_problem = absl::StrFormat("region '%s': %s", seal.key(), why);
+    SKV_LOG_WARN("restore", "dropping region '%s': %s", seal.key(), why);
+  };
+  std::vector<bool> taken(allocator_.total_pages(), false);
+  std::vector<uint32_t> claim;
+  std::vector<std::unique_ptr<Region>> restored;
+  auto now = Clock::now();
+  for (const auto& seal : regions) {
+    auto geometry = MakeGeometry(seal.layers(), seal.entry_bytes(), page_bytes_);
+    if (!geometry.ok() || seal.pages_size() != seal.layers() || seal.committed_tokens() < 0 ||
+        seal.committed_tokens() > seal.capacity_tokens()) {
+      drop(seal, "its shape no longer fits this pool's page size");
+      continue;
+    }
+    bool pages_ok = true;
+    std::vector<std::vector<uint32_t>> pages;
+    for (const auto& layer : seal.pages()) {
+      if (layer.pages_size() < geometry->PagesPerLayer(seal.committed_tokens())) pages_ok = false;
+      for (uint32_t p : layer.pages()) {
+        if (p >= taken.size() || taken[p]) pages_ok = false;
+      }
+      pages.emplace_back(layer.pages().begin(), layer.pages().end());
+    }
+    if (!pages_ok) {
+      drop(seal, "its pages are outside the pool or shared with another region");
+      continue;
+    }
+    uint64_t checksum = RegionChecksum(pool_->base(), *geometry, pages, seal.committed_tokens());
+    if (checksum != seal.checksum()) {
+      drop(seal, absl::StrFormat("checksum %016x at seal, %016x now: its bytes did not survive", seal.checksum(), checksum));
+      continue;
+    }
+    auto region = std::make_unique<Region>();
+    region->id = seal.region_id();
+    region->key = seal.key();
+    region->geometry = *geometry;
+    region->capacity_tokens = seal.capacity_tokens();
+    region->committed_tokens = seal.committed_tokens();
+    region->sealed = true;
+    region->has_checksum = true;
+    region->checksum = seal.checksum();
+    region->created_unix_ms = seal.created_unix_ms();
+    region->last_access = now;
+    region->ttl_ms = seal.ttl_ms();
+    region->pages = std::move(pages);
+    for (const auto& layer : region->pages) {
+      for (uint32_t p : layer) {
+        taken[p] = true;
+        claim.push_back(p);
+      }
+    }
+    report.restored++;
+    report.restored_bytes += region->page_count() * page_bytes_;
+    restored.push_back(std::move(region));
+  }
+  if (auto s = allocator_.ClaimAll(claim); !s.ok()) {
+    SKV_LOG_ERROR("restore", "cannot claim restored pages (%s); starting empty", s.message());
+    report.dropped += report.restored;
+    report.restored = 0;
+    report.restored_bytes = 0;
+    restored.clear();
+  }
+  absl::MutexLock lock(&mu_);
+  for (auto& region : restored) {
+    next_region_id_ = std::max(next_region_id_, region->id + 1);
+    std::string key = region->key;
+    regions_[key] = std::move(region);
+  }
+  allocator_.QuarantineFree(now + std::chrono::milliseconds(lease_ms()));
+  return report;
+}
+
+absl::Status RegionTable::AttachJournal(RegionJournal* journal, const v1::JournalPool& pool) {
+  absl::MutexLock lock(&mu_);
+  journal_ = journal;
+  journal_pool_ = pool;
+  return CompactJournalLocked();
+}
+
+absl::Status RegionTable::CompactJournalLocked() {
+  std::vector<v1::JournalSeal> live;
+  for (const auto& [key, region] : regions_) {
+    if (region->has_checksum) live.push_back(ToJournalSeal(*region));
+  }
+  return journal_->Rewrite(journal_pool_, live);
+}
 
 Limits RegionTable::limits() const {
   absl::MutexLock lock(&config_mu_);
@@ -175,6 +291,11 @@ absl::Status RegionTable::GrowLocked(Region* region, int64_t tokens, Clock::time
 }
 
 int64_t RegionTable::RemoveLocked(Region* region, const std::string& reason, Clock::time_point now) {
+  if (journal_ != nullptr && region->has_checksum) {
+    if (auto s = journal_->AppendDelete(region->key, region->id); !s.ok()) {
+      SKV_LOG_ERROR("journal", "removal of region '%s' not journaled: %s", region->key, s.message());
+    }
+  }
   Clock::time_point last_expiry = now;
   for (const auto& [id, expiry] : region->leases) {
     last_expiry = std::max(last_expiry, expiry);
@@ -396,6 +517,11 @@ absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitReg
   }
   it->second->has_checksum = true;
   it->second->checksum = checksum;
+  if (journal_ != nullptr) {
+    if (auto s = journal_->AppendSeal(ToJournalSeal(*it->second)); !s.ok()) {
+      SKV_LOG_ERROR("journal", "region '%s' will not survive a restart: %s", req.key(), s.message());
+    }
+  }
   v1::CommitRegionResponse out;
   FillInfoLocked(*it->second, Clock::now(), out.mutable_info());
   return out;
@@ -444,8 +570,9 @@ absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeases
     auto owner = lease_owner_.find(id);
     if (owner == lease_owner_.end()) {
       auto why = revoked_.find(id);
-      state->set_reason(why != revoked_.end()
-                            ? why->second.first
+      state->set_reason(why != revoked_.end() ? why->second.first
+                        : (id >> 40) != incarnation_
+                            ? absl::StrFormat("lease %d was granted before the daemon restarted; reopen the region", id)
                             : absl::StrFormat("lease %d is unknown or has expired", id));
       continue;
     }
@@ -617,6 +744,9 @@ void RegionTable::Reap(Clock::time_point now) {
     else ++it;
   }
   allocator_.ReclaimExpired(now);
+  if (journal_ != nullptr && journal_->WantsCompaction()) {
+    if (auto s = CompactJournalLocked(); !s.ok()) SKV_LOG_ERROR("journal", "compaction failed: %s", s.message());
+  }
 }
 
 }  // namespace sparsekv

@@ -30,6 +30,7 @@
 #include "common/config.h"
 #include "common/geometry.h"
 #include "server/eviction.h"
+#include "server/journal.h"
 #include "server/page_allocator.h"
 #include "server/pool.h"
 #include "sparsekv/v1/control.pb.h"
@@ -58,8 +59,20 @@ class RegionTable {
   absl::StatusOr<v1::VerifyRegionResponse> Verify(const v1::VerifyRegionRequest& request);
   v1::StatsResponse Stats();
 
-  // Drops expired leases, deletes regions idle past their TTL, reclaims quarantined pages.
+  // Drops expired leases, deletes regions idle past their TTL, reclaims quarantined pages,
+  // compacts the journal when it has grown.
   void Reap(Clock::time_point now);
+
+  // Persistence across restarts. Restore brings back the sealed regions a journal replayed:
+  // each must fit the pool and still match its checksum, else it is dropped and counted. Every
+  // other page is quarantined for one lease period (clients of the previous run may still read).
+  // Then AttachJournal makes every later seal and removal of a sealed region a journal record.
+  struct RestoreReport {
+    int64_t restored = 0, restored_bytes = 0, dropped = 0;
+    std::string first_problem;
+  };
+  RestoreReport Restore(const std::vector<v1::JournalSeal>& regions);
+  absl::Status AttachJournal(RegionJournal* journal, const v1::JournalPool& pool);
 
   // The parts of the config that may change at run time (SIGHUP): limits, lease length, log
   // level. New leases and renewals use the new length; leases already granted keep theirs.
@@ -125,6 +138,8 @@ class RegionTable {
 
   Limits limits() const;
   int64_t lease_ms() const;
+  v1::JournalSeal ToJournalSeal(const Region& region) const;
+  absl::Status CompactJournalLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Pool* pool_;
   const int64_t page_bytes_;
@@ -144,6 +159,9 @@ class RegionTable {
   absl::flat_hash_map<uint64_t, std::pair<std::string, Clock::time_point>> revoked_ ABSL_GUARDED_BY(mu_);
   uint64_t next_region_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t incarnation_ = 0;  // high bits of this run's lease ids
+  RegionJournal* journal_ ABSL_GUARDED_BY(mu_) = nullptr;
+  v1::JournalPool journal_pool_ ABSL_GUARDED_BY(mu_);
   struct Counters {
     int64_t evictions = 0, evicted_bytes = 0, expired_regions = 0, abandoned_regions = 0, creates = 0, deletes = 0;
   } counters_ ABSL_GUARDED_BY(mu_);
