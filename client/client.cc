@@ -73,6 +73,8 @@ struct Client::Impl {
 
   std::unique_ptr<grpc::ClientContext> Context() const {
     auto ctx = std::make_unique<grpc::ClientContext>();
+    // Wait out a reconnect (the daemon restarting) within the deadline instead of failing fast.
+    ctx->set_wait_for_ready(true);
     ctx->set_deadline(std::chrono::system_clock::now() +
                       std::chrono::milliseconds(options.rpc_timeout_ms));
     return ctx;
@@ -393,6 +395,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
+  // A call that dies with its connection (daemon restarting) is retried on the new one.
+  args.SetServiceConfigJSON(R"({"methodConfig":[{"name":[{"service":"sparsekv.v1.Control"}],
+      "retryPolicy":{"maxAttempts":3,"initialBackoff":"0.05s","maxBackoff":"0.5s",
+                     "backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]})");
   impl->channel = grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args);
   if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() +
                                        std::chrono::milliseconds(options.rpc_timeout_ms))) {

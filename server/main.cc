@@ -242,10 +242,10 @@ int Run(int argc, char** argv) {
     const size_t sealed = journal->replayed_regions().size();
     std::string mismatch;
     if (!previous) mismatch = "no previous pool";
-    else if (!(*pool)->survived()) mismatch = "the pool memory did not survive the restart";
     else if (previous->backing() != config.backing) mismatch = absl::StrCat("backing changed from ", previous->backing());
     else if (previous->pool_bytes() != (*pool)->size_bytes()) mismatch = "pool size changed";
     else if (previous->page_bytes() != config.page_bytes) mismatch = "page size changed";
+    else if (!(*pool)->survived()) mismatch = "the pool memory did not survive the restart";
     if (mismatch.empty()) {
       (*pool)->set_uuid(previous->pool_uuid());
       auto restore_started = std::chrono::steady_clock::now();

@@ -88,10 +88,21 @@ CommandResult RunCommand(const std::string& command_line) {
   return result;
 }
 
-DaemonFixture::DaemonFixture(DaemonOptions options) {
+DaemonFixture::DaemonFixture(DaemonOptions options) : options_(std::move(options)) { Start(); }
+
+void DaemonFixture::Restart() {
+  client_.reset();
+  if (pid_ > 0) Stop();
+  Start();
+}
+
+void DaemonFixture::Start() {
+  const DaemonOptions& options = options_;
   std::string ready = dir_.path() + "/ready.json";
+  std::filesystem::remove(ready);
+  // A restart keeps the port, as a real deployment's fixed port would.
   std::vector<std::string> args = {SparsekvdPath(),
-                                   "--listen", "127.0.0.1:0",
+                                   "--listen", address_.empty() ? "127.0.0.1:0" : address_,
                                    "--pool-size", options.pool_size,
                                    "--runtime-dir", dir_.path(),
                                    "--ready-file", ready,
@@ -106,8 +117,14 @@ DaemonFixture::DaemonFixture(DaemonOptions options) {
   std::string log = dir_.path() + "/sparsekvd.log";
   pid_ = fork();
   if (pid_ == 0) {
-    FILE* f = freopen(log.c_str(), "w", stderr);
+    FILE* f = freopen(log.c_str(), "a", stderr);
     (void)f;
+    if (options.inherit_pool_fd >= 0) {
+      dup2(options.inherit_pool_fd, 3);
+      setenv("LISTEN_FDS", "1", 1);
+      setenv("LISTEN_FDNAMES", "sparsekv-pool", 1);
+      setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    }
     for (const auto& kv : options.env) {
       auto eq = kv.find('=');
       std::string name = kv.substr(0, eq), value = kv.substr(eq + 1);

@@ -23,6 +23,9 @@ struct DaemonOptions {
   std::vector<std::string> env;
   // Use this config file (passed as --config; flags from the fixture still override it).
   std::string config_file;
+  // Hand this descriptor to the daemon as systemd hands a stored pool descriptor back
+  // (fd 3, LISTEN_FDS=1, LISTEN_FDNAMES=sparsekv-pool).
+  int inherit_pool_fd = -1;
 };
 
 // GET http://127.0.0.1:PORT/PATH; returns the status code and body (status -1 if unreachable).
@@ -68,11 +71,17 @@ class DaemonFixture {
 
   // SIGTERM and wait; returns the exit status (or 128+signal).
   int Stop();
+  // Starts the daemon again with the same options (after Stop or Kill); the address may change.
+  void Restart();
+  DaemonOptions& options() { return options_; }
   // SIGKILL and wait.
   void Kill();
   std::string Log() const;
 
  private:
+  void Start();
+
+  DaemonOptions options_;
   TempDir dir_;
   pid_t pid_ = -1;
   std::string address_;

@@ -1,0 +1,183 @@
+// Restart without loss: the daemon is killed (SIGKILL) under load and started again; every
+// sealed region comes back with identical keys and bytes, unsealed ones never come back as
+// complete, and clients holding handles continue or get a clear error.
+#include <catch2/catch.hpp>
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "tests/support/daemon_fixture.h"
+#include "tests/support/pattern_regions.h"
+
+using namespace sparsekv;
+using namespace sparsekv::testing;
+
+namespace {
+
+bool Has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+std::vector<int32_t> Every(int64_t n, int step) {
+  std::vector<int32_t> idx;
+  for (int64_t t = 0; t < n; t += step) idx.push_back(static_cast<int32_t>(t));
+  idx.push_back(static_cast<int32_t>(n - 1));
+  return idx;
+}
+
+// Fills a daemon with sealed regions (and one unsealed), returns their keys.
+std::vector<std::string> Populate(Client& client, int sealed) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < sealed; ++i) {
+    std::string key = absl::StrFormat("seq-%d", i);
+    auto r = MakePatternRegion(client, key, 3, 656, 700 + 50 * i, 100 + i, true);
+    REQUIRE(r.ok());
+    keys.push_back(key);
+  }
+  auto unsealed = MakePatternRegion(client, "in-flight", 3, 656, 400, 999, false);
+  REQUIRE(unsealed.ok());
+  return keys;
+}
+
+void CheckRestored(DaemonFixture& daemon, const std::vector<std::string>& keys) {
+  auto client = daemon.NewClient();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto r = client->Open(keys[i]);
+    REQUIRE(r.ok());
+    REQUIRE((*r)->sealed());
+    REQUIRE((*r)->committed_tokens() == static_cast<int64_t>(700 + 50 * i));
+    REQUIRE(VerifyAllLayers(**r, 100 + i, Every((*r)->committed_tokens(), 7)) == 0);
+    REQUIRE((*r)->Verify().ok());
+    REQUIRE(daemon.Ctl("verify " + keys[i]).exit_code == 0);
+  }
+  REQUIRE(client->Open("in-flight").status().code() == absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+
+TEST_CASE("a file-backed daemon killed with SIGKILL restarts with every sealed region intact", "[restart]") {
+  TempDir state;
+  std::string pool = state.path() + "/pool";
+  DaemonFixture daemon({.pool_size = "64MiB", .lease_ms = 1000,
+                        .extra_args = {"--backing", "file:" + pool, "--state-dir", state.path() + "/state"}});
+  auto keys = Populate(daemon.client(), 6);
+  REQUIRE(daemon.client().Delete("seq-5").ok());  // a deletion is journaled too
+  keys.pop_back();
+  // A client holds a handle across the restart.
+  auto holder = daemon.NewClient();
+  auto held = holder->Open("seq-2");
+  REQUIRE(held.ok());
+
+  // Load while the daemon dies.
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> wrong{0};
+  std::thread reader([&] {
+    auto idx = Every(800, 3);
+    std::vector<std::byte> dst(idx.size() * 656);
+    while (!stop) {
+      if ((*held)->Fetch(1, idx, absl::MakeSpan(dst)).ok()) wrong += CountWrong(102, 1, idx, 656, dst);
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  daemon.Kill();
+  auto started = std::chrono::steady_clock::now();
+  daemon.Restart();
+  double restart_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  stop = true;
+  reader.join();
+  REQUIRE(wrong == 0);
+  INFO("restart took " << restart_ms << " ms\n" << daemon.Log());
+  REQUIRE(Has(daemon.Log(), "restored 5 sealed regions"));
+  CheckRestored(daemon, keys);
+  REQUIRE(daemon.client().Open("seq-5").status().code() == absl::StatusCode::kNotFound);
+
+  // The handle held across the restart continues (its renewal reopened the same region).
+  auto idx = Every(800, 5);
+  std::vector<std::byte> dst(idx.size() * 656);
+  REQUIRE((*held)->Fetch(0, idx, absl::MakeSpan(dst)).ok());
+  REQUIRE(CountWrong(102, 0, idx, 656, dst) == 0);
+
+  // The restored pool is usable: new regions are created once the quarantine has passed.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  REQUIRE(MakePatternRegion(daemon.client(), "after", 3, 656, 5000, 7, true).ok());
+  // And a second restart keeps the new region too.
+  daemon.Kill();
+  daemon.Restart();
+  auto after = daemon.client().Open("after");
+  INFO(after.status().ToString() << "\n" << daemon.Log());
+  REQUIRE(after.ok());
+  REQUIRE(VerifyAllLayers(**after, 7, Every(5000, 11)) == 0);
+}
+
+TEST_CASE("a changed pool on restart drops the old regions with a clear log line", "[restart]") {
+  TempDir state;
+  std::string pool = state.path() + "/pool";
+  DaemonFixture daemon({.pool_size = "64MiB",
+                        .extra_args = {"--backing", "file:" + pool, "--state-dir", state.path() + "/state"}});
+  Populate(daemon.client(), 2);
+  daemon.Kill();
+  daemon.options().pool_size = "32MiB";
+  daemon.Restart();
+  REQUIRE(Has(daemon.Log(), "2 sealed regions of the previous run are lost: pool size changed"));
+  REQUIRE(daemon.client().Open("seq-0").status().code() == absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("a memfd pool survives a restart through systemd's descriptor store", "[restart][systemd]") {
+  // The test plays systemd: it receives FDSTORE=1 with the pool descriptor on NOTIFY_SOCKET,
+  // keeps it, and hands it back to the restarted daemon as LISTEN_FDS.
+  TempDir dir;
+  std::string socket_path = dir.path() + "/notify";
+  int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket_path.c_str(), sizeof(addr.sun_path) - 1);
+  REQUIRE(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  DaemonFixture daemon({.pool_size = "32MiB", .lease_ms = 1000,
+                        .extra_args = {"--state-dir", dir.path() + "/state"},
+                        .env = {"NOTIFY_SOCKET=" + socket_path}});
+  int stored_fd = -1;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (stored_fd < 0 && std::chrono::steady_clock::now() < until) {
+    pollfd p{sock, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) continue;
+    char buf[4096];
+    char control[CMSG_SPACE(sizeof(int) * 4)] = {};
+    iovec iov{buf, sizeof(buf)};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    if (n <= 0 || !Has(std::string(buf, n), "FDSTORE=1")) continue;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_type == SCM_RIGHTS) std::memcpy(&stored_fd, CMSG_DATA(c), sizeof(int));
+    }
+  }
+  REQUIRE(stored_fd >= 0);
+  auto keys = Populate(daemon.client(), 3);
+  daemon.Kill();
+  daemon.options().inherit_pool_fd = stored_fd;
+  daemon.Restart();
+  REQUIRE(Has(daemon.Log(), "took the pool back from systemd's descriptor store"));
+  REQUIRE(Has(daemon.Log(), "restored 3 sealed regions"));
+  CheckRestored(daemon, keys);
+  close(stored_fd);
+  close(sock);
+}
+
+TEST_CASE("a memfd daemon with a state dir but without systemd says a restart loses the pool", "[restart]") {
+  TempDir dir;
+  DaemonFixture daemon({.extra_args = {"--state-dir", dir.path() + "/state"}});
+  REQUIRE(Has(daemon.Log(), "not run under systemd: a restart loses this memfd pool"));
+  Populate(daemon.client(), 1);
+  daemon.Kill();
+  daemon.Restart();
+  REQUIRE(Has(daemon.Log(), "1 sealed regions of the previous run are lost: the pool memory did not survive"));
+}
