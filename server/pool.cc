@@ -323,7 +323,10 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
       break;
     }
   }
-  if (prefault && spec.kind != PoolBackingSpec::Kind::kDevdax &&
+  struct stat reserved;
+  const bool already_reserved = pool->survived_ && fstat(fd, &reserved) == 0 &&
+                                static_cast<int64_t>(reserved.st_blocks) * 512 >= size_bytes;
+  if (prefault && !already_reserved && spec.kind != PoolBackingSpec::Kind::kDevdax &&
       spec.kind != PoolBackingSpec::Kind::kNuma && spec.kind != PoolBackingSpec::Kind::kMemfdHugetlb) {
     if (auto s = Reserve(fd, size_bytes, BackingKindName(spec.kind), progress); !s.ok()) {
       close(fd);
