@@ -1,10 +1,7 @@
 // Operating the daemon: metrics, drain, config, reload, systemd notifications.
 #include <catch2/catch.hpp>
 
-#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +10,7 @@
 #include <thread>
 
 #include "tests/support/daemon_fixture.h"
+#include "tests/support/notify_socket.h"
 #include "tests/support/pattern_regions.h"
 
 using namespace sparsekv;
@@ -134,38 +132,18 @@ TEST_CASE("SIGHUP reloads what can change at run time and names what needs a res
 
 TEST_CASE("under systemd the daemon notifies READY, STATUS, RELOADING, STOPPING and feeds the watchdog", "[ops][systemd]") {
   TempDir dir;
-  std::string socket_path = dir.path() + "/notify";
-  int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, socket_path.c_str(), sizeof(addr.sun_path) - 1);
-  REQUIRE(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  std::string received;
-  auto drain = [&](int ms) {
-    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-    while (std::chrono::steady_clock::now() < until) {
-      pollfd p{sock, POLLIN, 0};
-      if (poll(&p, 1, 20) <= 0) continue;
-      char buf[4096];
-      ssize_t n = recv(sock, buf, sizeof(buf), 0);
-      if (n > 0) received.append(buf, n).append("\n");
-    }
-  };
-  {
-    DaemonFixture daemon({.env = {"NOTIFY_SOCKET=" + socket_path, "WATCHDOG_USEC=400000", "WATCHDOG_PID=self"}});
-    drain(800);
-    REQUIRE(Has(received, "STATUS=reserving"));
-    REQUIRE(Has(received, "READY=1"));
-    REQUIRE(Has(received, "STATUS=serving"));
-    size_t watchdogs = 0;
-    for (size_t at = 0; (at = received.find("WATCHDOG=1", at)) != std::string::npos; ++at) ++watchdogs;
-    REQUIRE(watchdogs >= 3);
-    kill(daemon.pid(), SIGHUP);
-    drain(300);
-    REQUIRE(Has(received, "RELOADING=1"));
-    REQUIRE(daemon.Stop() == 0);
-    drain(200);
-    REQUIRE(Has(received, "STOPPING=1"));
-  }
-  close(sock);
+  NotifySocket notify(dir.path() + "/notify");
+  DaemonFixture daemon({.env = {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=400000", "WATCHDOG_PID=self"}});
+  notify.Receive(800);
+  const std::string& received = notify.received();
+  REQUIRE(Has(received, "STATUS=reserving"));
+  REQUIRE(Has(received, "READY=1"));
+  REQUIRE(Has(received, "STATUS=serving"));
+  size_t watchdogs = 0;
+  for (size_t at = 0; (at = received.find("WATCHDOG=1", at)) != std::string::npos; ++at) ++watchdogs;
+  REQUIRE(watchdogs >= 3);
+  kill(daemon.pid(), SIGHUP);
+  REQUIRE(notify.ReceiveUntil("RELOADING=1", 2000));
+  REQUIRE(daemon.Stop() == 0);
+  REQUIRE(notify.ReceiveUntil("STOPPING=1", 2000));
 }

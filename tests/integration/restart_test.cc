@@ -3,9 +3,6 @@
 // complete, and clients holding handles continue or get a clear error.
 #include <catch2/catch.hpp>
 
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -14,6 +11,7 @@
 
 #include "absl/strings/str_format.h"
 #include "tests/support/daemon_fixture.h"
+#include "tests/support/notify_socket.h"
 #include "tests/support/pattern_regions.h"
 
 using namespace sparsekv;
@@ -132,34 +130,12 @@ TEST_CASE("a memfd pool survives a restart through systemd's descriptor store", 
   // The test plays systemd: it receives FDSTORE=1 with the pool descriptor on NOTIFY_SOCKET,
   // keeps it, and hands it back to the restarted daemon as LISTEN_FDS.
   TempDir dir;
-  std::string socket_path = dir.path() + "/notify";
-  int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, socket_path.c_str(), sizeof(addr.sun_path) - 1);
-  REQUIRE(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  NotifySocket notify(dir.path() + "/notify");
   DaemonFixture daemon({.pool_size = "32MiB", .lease_ms = 1000,
                         .extra_args = {"--state-dir", dir.path() + "/state"},
-                        .env = {"NOTIFY_SOCKET=" + socket_path}});
-  int stored_fd = -1;
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (stored_fd < 0 && std::chrono::steady_clock::now() < until) {
-    pollfd p{sock, POLLIN, 0};
-    if (poll(&p, 1, 50) <= 0) continue;
-    char buf[4096];
-    char control[CMSG_SPACE(sizeof(int) * 4)] = {};
-    iovec iov{buf, sizeof(buf)};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-    if (n <= 0 || !Has(std::string(buf, n), "FDSTORE=1")) continue;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_type == SCM_RIGHTS) std::memcpy(&stored_fd, CMSG_DATA(c), sizeof(int));
-    }
-  }
+                        .env = {"NOTIFY_SOCKET=" + notify.path()}});
+  REQUIRE(notify.ReceiveUntil("FDSTORE=1", 5000));
+  int stored_fd = notify.stored_fd();
   REQUIRE(stored_fd >= 0);
   auto keys = Populate(daemon.client(), 3);
   daemon.Kill();
@@ -168,8 +144,6 @@ TEST_CASE("a memfd pool survives a restart through systemd's descriptor store", 
   REQUIRE(Has(daemon.Log(), "took the pool back from systemd's descriptor store"));
   REQUIRE(Has(daemon.Log(), "restored 3 sealed regions"));
   CheckRestored(daemon, keys);
-  close(stored_fd);
-  close(sock);
 }
 
 TEST_CASE("a memfd daemon with a state dir but without systemd says a restart loses the pool", "[restart]") {
