@@ -57,6 +57,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (covered != offsets.size()) std::abort();
   std::vector<std::byte> pool(static_cast<size_t>(pool_bytes));
   std::vector<std::byte> dst(offsets.size() * static_cast<size_t>(entry));
+  for (size_t i = 0; i < pool.size(); ++i) pool[i] = static_cast<std::byte>(i * 131 + 7);
   sparsekv::GatherEntries(pool.data(), offsets, entry, dst.data());
+  // The batch plan of the same entries must deliver the same bytes, within its limits.
+  std::vector<std::byte> planned(dst.size());
+  std::vector<sparsekv::PlanEntry> entries;
+  for (size_t i = 0; i < offsets.size(); ++i) entries.push_back({offsets[i], planned.data() + i * entry});
+  std::vector<sparsekv::PlanGroup> groups = {{entries, entry, geometry->entry_stride_bytes}};
+  sparsekv::PlanLimits limits{.max_read_bytes = 1024 + (committed & 0xffff), .max_unit_bytes = 1 + (committed & 0xfffff),
+                              .max_unit_reads = 1 + static_cast<int32_t>(layer & 7)};
+  sparsekv::BatchPlan plan;
+  if (!sparsekv::PlanBatch(groups, limits, &plan).ok()) return 0;
+  sparsekv::ExecutePlanLocally(plan, pool.data());
+  if (planned != dst) std::abort();
+  for (const auto& read : plan.reads) {
+    if (read.bytes > limits.max_read_bytes) std::abort();
+  }
   return 0;
 }
