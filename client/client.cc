@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/fetch_planner.h"
 #include "client/transports/shm_transport.h"
+#include "client/transports/tcp_gather_transport.h"
 #include "client/worker_pool.h"
 #include "common/geometry.h"
 #include "common/grpc_status.h"
@@ -260,23 +261,39 @@ struct Region::State {
 // Client
 
 absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::TransportDescriptor& d) {
-  if (options.transport != "auto" && options.transport != "shm") {
+  const std::string& choice = options.transport;
+  if (choice != "auto" && choice != "shm" && choice != "tcp") {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "transport '%s' is not available in this build (available: auto, shm)", options.transport));
+        "transport '%s' is not available in this build (available: auto, shm, tcp)", choice));
   }
   const auto& shm = d.shm();
   {
     absl::MutexLock lock(&mu);
     if (auto it = transports.find(shm.pool_uuid()); it != transports.end()) return it->second;
   }
-  ShmPoolAddress address{shm.fd_socket_path(), shm.path(), shm.pool_bytes(), shm.pool_uuid(), shm.host_id()};
-  auto mapped = ShmTransport::Map(address);
-  if (!mapped.ok()) {
-    return absl::Status(mapped.status().code(), absl::StrCat(
-        "no data-plane transport reaches the pool of ", options.server, ": shm/CXL: ",
-        mapped.status().message(), " (network transports are not built yet)"));
+  std::shared_ptr<Transport> transport;
+  std::string shm_problem;
+  if (choice != "tcp") {
+    ShmPoolAddress address{shm.fd_socket_path(), shm.path(), shm.pool_bytes(), shm.pool_uuid(), shm.host_id()};
+    auto mapped = ShmTransport::Map(address);
+    if (mapped.ok()) transport = *std::move(mapped);
+    else shm_problem = std::string(mapped.status().message());
   }
-  std::shared_ptr<Transport> transport = std::move(*mapped);
+  if (transport == nullptr && choice != "shm" && d.gather_port() > 0) {
+    // 0.0.0.0 means: the host this client reached the control plane on.
+    std::string host = d.gather_host();
+    if (host.empty() || host == "0.0.0.0") {
+      host = "127.0.0.1";
+      if (options.server.rfind("unix:", 0) != 0) host = options.server.substr(0, options.server.rfind(':'));
+    }
+    transport = std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms);
+  }
+  if (transport == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no data-plane transport reaches the pool of ", options.server,
+        shm_problem.empty() ? "" : absl::StrCat(": shm/CXL: ", shm_problem),
+        d.gather_port() > 0 || choice == "shm" ? "" : "; the daemon offers no tcp-gather path"));
+  }
   absl::MutexLock lock(&mu);
   auto [it, inserted] = transports.emplace(shm.pool_uuid(), transport);
   return it->second;

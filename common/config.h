@@ -36,6 +36,7 @@ struct DaemonConfig {
   // [listen]
   std::string listen = "127.0.0.1:7370";  // TCP control plane; "" disables
   std::string unix_socket;                // "" : <runtime_dir>/control.sock; "none" disables
+  std::string data_listen = "127.0.0.1:0";  // tcp-gather data path (IPV4:PORT); "" disables
   // [metrics]
   std::string metrics_listen = "127.0.0.1:9370";  // Prometheus text at http://HOST:PORT/metrics; "" disables
   // [runtime]

@@ -33,6 +33,7 @@
 #include "server/pool.h"
 #include "server/region_table.h"
 #include "server/transports/shm_server.h"
+#include "server/transports/tcp_gather_server.h"
 
 namespace sparsekv {
 namespace {
@@ -90,13 +91,13 @@ void Reload(const std::vector<std::string>& args, RegionTable* table) {
 }
 
 absl::Status WriteReadyFile(const std::string& path, int port, const std::string& unix_socket,
-                            const std::string& pool_socket, int metrics_port) {
+                            const std::string& pool_socket, int metrics_port, int data_port) {
   std::string tmp = absl::StrCat(path, ".tmp");
   {
     std::ofstream out(tmp);
     out << absl::StrFormat(
-        "{\"port\":%d,\"unix_socket\":\"%s\",\"pool_socket\":\"%s\",\"metrics_port\":%d,\"pid\":%d}\n",
-        port, unix_socket, pool_socket, metrics_port, getpid());
+        "{\"port\":%d,\"unix_socket\":\"%s\",\"pool_socket\":\"%s\",\"metrics_port\":%d,\"data_port\":%d,\"pid\":%d}\n",
+        port, unix_socket, pool_socket, metrics_port, data_port, getpid());
     if (!out) return absl::FailedPreconditionError(absl::StrCat("cannot write ready file ", tmp));
   }
   if (rename(tmp.c_str(), path.c_str()) != 0) {
@@ -226,6 +227,19 @@ int Run(int argc, char** argv) {
   Metrics metrics;
   ControlService service(&table, &metrics);
 
+  std::unique_ptr<TcpGatherServer> gather;
+  if (!config.data_listen.empty()) {
+    auto started_gather = TcpGatherServer::Start(pool->get(), config.data_listen);
+    if (!started_gather.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", started_gather.status().message());
+      return 1;
+    }
+    gather = std::move(*started_gather);
+    table.SetGatherAddress(gather->host(), gather->port());
+    SKV_LOG_INFO("tcp-gather", "server-side gather for clients that cannot map the pool on %s:%d",
+                 gather->host(), gather->port());
+  }
+
   std::unique_ptr<RegionJournal> journal;
   if (!config.state_dir.empty()) {
     auto opened = RegionJournal::Open(config.state_dir);
@@ -339,7 +353,8 @@ int Run(int argc, char** argv) {
 
   if (!config.ready_file.empty()) {
     if (auto s = WriteReadyFile(config.ready_file, tcp_port, config.unix_socket,
-                                shm ? shm->socket_path() : "", metrics_http ? metrics_http->port() : 0);
+                                shm ? shm->socket_path() : "", metrics_http ? metrics_http->port() : 0,
+                                gather ? gather->port() : 0);
         !s.ok()) {
       SKV_LOG_ERROR(kLog, "%s", s.message());
       return 1;
@@ -372,6 +387,7 @@ int Run(int argc, char** argv) {
   }
   reaper_cv.notify_all();
   reaper.join();
+  gather.reset();
   shm.reset();
   if (!unix_target.empty()) unlink(config.unix_socket.c_str());
   if (!config.ready_file.empty()) unlink(config.ready_file.c_str());

@@ -181,6 +181,12 @@ void RegionTable::ApplyRuntimeConfig(const DaemonConfig& next) {
 }
 
 void RegionTable::SetDraining(bool draining) { draining_.store(draining); }
+
+void RegionTable::SetGatherAddress(const std::string& host, int port) {
+  absl::MutexLock lock(&mu_);
+  gather_host_ = host;
+  gather_port_ = port;
+}
 bool RegionTable::draining() const { return draining_.load(); }
 
 absl::Status RegionTable::ValidateKey(const std::string& key) const {
@@ -358,6 +364,8 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   shm->set_backing(BackingKindName(pool_->spec().kind));
   shm->set_pool_uuid(pool_->uuid());
   shm->set_host_id(host_id_);
+  out->mutable_transport()->set_gather_host(gather_host_);
+  out->mutable_transport()->set_gather_port(gather_port_);
   out->mutable_lease()->set_lease_id(GrantLeaseLocked(region, now));
   out->mutable_lease()->set_lease_ms(lease_ms());
 }

@@ -80,6 +80,8 @@ class RegionTable {
   DaemonConfig config() const;
   // A draining daemon refuses new regions; existing ones stay readable, writable and growable.
   void SetDraining(bool draining);
+  // Where the tcp-gather data path listens, for open-region replies.
+  void SetGatherAddress(const std::string& host, int port);
   bool draining() const;
 
  private:
@@ -146,6 +148,8 @@ class RegionTable {
   mutable absl::Mutex config_mu_;
   DaemonConfig config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<bool> draining_{false};
+  std::string gather_host_ ABSL_GUARDED_BY(mu_);
+  int gather_port_ ABSL_GUARDED_BY(mu_) = 0;
   const std::unique_ptr<EvictionPolicy> policy_;
   const std::string fd_socket_path_;
   const std::string host_id_;

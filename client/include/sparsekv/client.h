@@ -31,7 +31,8 @@ struct ClientOptions {
   std::string server = "127.0.0.1:7370";
   // Deadline of every control-plane call.
   int64_t rpc_timeout_ms = 5000;
-  // Data-plane transport: "auto" (shm/CXL when the pool can be mapped) or "shm".
+  // Data-plane transport: "auto" (shm/CXL when the pool can be mapped, else the daemon's
+  // server-side gather over TCP), "shm", or "tcp".
   std::string transport = "auto";
   // Renew the leases of open regions in the background (turn off only in tests of lease expiry).
   bool renew_leases = true;

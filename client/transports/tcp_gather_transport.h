@@ -1,0 +1,49 @@
+// TcpGatherTransport reaches a pool over TCP through the daemon's server-side gather: each
+// Gather sends the ranges of all its entries in one message and receives every byte in one
+// reply, straight into the caller's buffer; Scatter sends ranges and bytes in one message. For
+// hosts that cannot map the pool and fabrics without one-sided RMA.
+//
+// Connections are pooled; a call that fails or times out closes its connection (a half-read
+// stream is never reused) and returns UNAVAILABLE or DEADLINE_EXCEEDED: never a hang, and never
+// partially written output reported as success.
+#ifndef SPARSEKV_CLIENT_TRANSPORTS_TCP_GATHER_TRANSPORT_H_
+#define SPARSEKV_CLIENT_TRANSPORTS_TCP_GATHER_TRANSPORT_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "client/transport.h"
+
+namespace sparsekv {
+
+class TcpGatherTransport final : public Transport {
+ public:
+  TcpGatherTransport(std::string host, int port, int64_t timeout_ms);
+  ~TcpGatherTransport() override;
+
+  const char* name() const override { return "tcp-gather"; }
+  absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) override;
+  absl::Status Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) override;
+
+ private:
+  absl::StatusOr<int> Acquire();
+  void Release(int fd);
+  absl::Status Call(uint32_t op, absl::Span<const int64_t> offsets, int32_t entry_bytes, const std::byte* payload,
+                    std::byte* reply_dst);
+
+  const std::string host_;
+  const int port_;
+  const int64_t timeout_ms_;
+  std::atomic<uint64_t> next_id_{1};
+  absl::Mutex mu_;
+  std::vector<int> idle_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_CLIENT_TRANSPORTS_TCP_GATHER_TRANSPORT_H_

@@ -1,0 +1,52 @@
+// TcpGatherServer is the server side of the "tcp-gather" transport: it answers each request
+// (the byte ranges of a whole fetch) with one reply gathered straight from pool memory with
+// writev, and applies write requests to the pool. A thread per connection; requests on one
+// connection are served in order.
+//
+// Ranges are checked against the pool's bounds; a bad request gets an error reply and the
+// connection stays usable. (Which regions a client may touch is the control plane's business:
+// the same trust as a client that maps the pool over shm; tenants are a later issue.)
+#ifndef SPARSEKV_SERVER_TRANSPORTS_TCP_GATHER_SERVER_H_
+#define SPARSEKV_SERVER_TRANSPORTS_TCP_GATHER_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/pool.h"
+
+namespace sparsekv {
+
+class TcpGatherServer {
+ public:
+  // `listen` is "IPV4:PORT"; port 0 picks one.
+  static absl::StatusOr<std::unique_ptr<TcpGatherServer>> Start(Pool* pool, const std::string& listen);
+  ~TcpGatherServer();  // closes every connection and joins the threads
+
+  int port() const { return port_; }
+  const std::string& host() const { return host_; }
+
+ private:
+  TcpGatherServer() = default;
+  void AcceptLoop();
+  void Serve(int fd);
+
+  Pool* pool_ = nullptr;
+  std::string host_;
+  int port_ = 0;
+  int listen_fd_ = -1;
+  int wake_pipe_[2] = {-1, -1};
+  std::thread acceptor_;
+  absl::Mutex mu_;
+  std::vector<int> connections_ ABSL_GUARDED_BY(mu_);
+  int active_ ABSL_GUARDED_BY(mu_) = 0;  // connection threads still running (detached)
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_SERVER_TRANSPORTS_TCP_GATHER_SERVER_H_
