@@ -16,7 +16,11 @@
 //                       [--workloads ctx8k,ctx32k,ctx128k,indexer]
 // Without --server it starts its own sparsekvd on loopback with a pool of --memory-budget on
 // backing B (default memfd; memfd-hugetlb needs vm.nr_hugepages reserved).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -218,6 +222,62 @@ int RunGather(Client& client, const std::string& server, int reps, bool quick) {
 
 std::string g_workloads;  // comma-separated names to run; empty: all
 int g_fetch_threads = 1;
+std::string g_transport = "auto";
+
+// Raw loopback TCP: the limit of the tcp-gather path, measured in the same run. A receiver
+// thread drains `bytes` and answers one byte; the sender times write + answer.
+class RawTcpLimit {
+ public:
+  RawTcpLimit() {
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listener, 1);
+    socklen_t len = sizeof(addr);
+    getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+    sender_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    connect(sender_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    receiver_ = accept(listener, nullptr, nullptr);
+    close(listener);
+    int one = 1;
+    setsockopt(sender_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
+  ~RawTcpLimit() {
+    close(sender_);
+    close(receiver_);
+  }
+  // Seconds to move `bytes` one way and get a one-byte answer back.
+  double Measure(const std::vector<std::byte>& payload, size_t bytes) {
+    std::thread drain([&] {
+      std::vector<char> buf(1 << 20);
+      size_t left = bytes;
+      while (left > 0) {
+        ssize_t r = recv(receiver_, buf.data(), std::min(buf.size(), left), 0);
+        if (r <= 0) return;
+        left -= static_cast<size_t>(r);
+      }
+      char ack = 1;
+      (void)!send(receiver_, &ack, 1, 0);
+    });
+    auto t0 = Clock::now();
+    size_t sent = 0;
+    while (sent < bytes) {
+      ssize_t w = send(sender_, payload.data() + (sent % payload.size()), std::min(payload.size() - sent % payload.size(), bytes - sent), 0);
+      if (w <= 0) break;
+      sent += static_cast<size_t>(w);
+    }
+    char ack;
+    (void)!recv(sender_, &ack, 1, 0);
+    auto t1 = Clock::now();
+    drain.join();
+    return Seconds(t0, t1);
+  }
+
+ private:
+  int sender_ = -1, receiver_ = -1;
+};
 
 // Sequential memcpy on `threads` threads, each its own slice: the limit for the same thread count.
 void ParallelMemcpy(std::byte* dst, const std::byte* src, size_t bytes, int threads) {
@@ -255,9 +315,11 @@ int RunWorkloads(Client& client, int64_t budget_bytes, int steps, bool quick) {
     const int32_t k = w.k > 0 ? w.k : static_cast<int32_t>(w.context_tokens);
     const size_t per_item = static_cast<size_t>(k) * w.entry_bytes;
     std::vector<std::byte> memcpy_src(memcpy_bytes, std::byte{1}), memcpy_dst(memcpy_bytes);
+    const bool over_tcp = regions[0]->transport_name() != std::string("shm");
+    std::unique_ptr<RawTcpLimit> raw_tcp = over_tcp ? std::make_unique<RawTcpLimit>() : nullptr;
     for (const std::string mix : w.k > 0 ? std::vector<std::string>{"dsa", "uniform"} : std::vector<std::string>{"all"}) {
       for (int batch : w.batches) {
-        Labels l{w.name, "shm", mix, batch};
+        Labels l{w.name, regions[0]->transport_name(), mix, batch};
         std::vector<std::byte> dst(per_item * batch * w.layers);
         std::vector<std::vector<int32_t>> idx(static_cast<size_t>(batch) * w.layers);
         std::vector<FetchItem> items;
@@ -281,12 +343,18 @@ int RunWorkloads(Client& client, int64_t budget_bytes, int steps, bool quick) {
             std::fprintf(stderr, "%s: fetch: %s\n", w.name.c_str(), st.ToString().c_str());
             return 1;
           }
-          auto m0 = Clock::now();
-          ParallelMemcpy(memcpy_dst.data(), memcpy_src.data(), memcpy_bytes, g_fetch_threads);
-          auto m1 = Clock::now();
+          double limit_s;
+          if (over_tcp) {
+            limit_s = raw_tcp->Measure(memcpy_src, static_cast<size_t>(per_item) * batch * w.layers) *
+                      memcpy_bytes / (static_cast<double>(per_item) * batch * w.layers);
+          } else {
+            auto m0 = Clock::now();
+            ParallelMemcpy(memcpy_dst.data(), memcpy_src.data(), memcpy_bytes, g_fetch_threads);
+            limit_s = Seconds(m0, Clock::now());
+          }
           if (step == 0) continue;  // warm-up
           step_s.push_back(Seconds(t0, t1));
-          memcpy_s.push_back(Seconds(m0, m1));
+          memcpy_s.push_back(limit_s);
           for (int s = 0; s < batch; ++s) {
             for (int32_t layer = 0; layer < w.layers; ++layer) {
               size_t i = static_cast<size_t>(s) * w.layers + layer;
@@ -315,7 +383,7 @@ int RunWorkloads(Client& client, int64_t budget_bytes, int steps, bool quick) {
         const double gbps = bytes / 1e9 / p50;
         Emit(l, "step_p50_ms", p50 * 1e3, "ms");
         Emit(l, "step_p99_ms", Percentile(step_s, 0.99) * 1e3, "ms");
-        const std::string limit = absl::StrFormat("memcpy_%dt", g_fetch_threads);
+        const std::string limit = over_tcp ? std::string("raw_tcp_loopback_1conn") : absl::StrFormat("memcpy_%dt", g_fetch_threads);
         Emit(l, absl::StrCat(limit, "_gbps"), memcpy_gbps, "GB/s");
         Emit(l, "topk_gbps", gbps, "GB/s", gbps / memcpy_gbps, limit);
         Emit(l, "entries_per_s", static_cast<double>(k) * batch * w.layers / p50, "entries/s");
@@ -357,12 +425,13 @@ int Main(int argc, char** argv) {
     } else if (a == "--only") only = value();
     else if (a == "--backing") g_backing = value();
     else if (a == "--workloads") g_workloads = value();
+    else if (a == "--transport") g_transport = value();
     else if (a == "--fetch-threads") g_fetch_threads = std::max(1, std::atoi(value().c_str()));
     else if (a == "--steps") steps = std::atoi(value().c_str());
     else if (a == "--reps") reps = std::atoi(value().c_str());
     else if (a == "--quick") quick = true;
     else {
-      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N]\n");
+      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N] [--transport auto|shm|tcp]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -394,6 +463,7 @@ int Main(int argc, char** argv) {
   options.server = server;
   options.rpc_timeout_ms = 60000;
   options.fetch_threads = g_fetch_threads;
+  options.transport = g_transport;
   auto client = Client::Connect(options);
   if (!client.ok()) {
     std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
