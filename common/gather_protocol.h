@@ -10,7 +10,11 @@
 #ifndef SPARSEKV_COMMON_GATHER_PROTOCOL_H_
 #define SPARSEKV_COMMON_GATHER_PROTOCOL_H_
 
+#include <sys/uio.h>
+
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace sparsekv {
 
@@ -43,6 +47,21 @@ struct GatherResponseHeader {
 };
 
 static_assert(sizeof(GatherRequestHeader) == 24 && sizeof(GatherRange) == 16 && sizeof(GatherResponseHeader) == 24);
+
+// After a (partial) vectored write of `written` bytes starting at iov[*at], moves *at and trims
+// the first unfinished buffer so the next write resumes exactly where this one stopped.
+inline void AdvanceIov(std::vector<iovec>& iov, size_t* at, size_t written) {
+  while (written > 0 && *at < iov.size()) {
+    if (written >= iov[*at].iov_len) {
+      written -= iov[*at].iov_len;
+      ++*at;
+    } else {
+      iov[*at].iov_base = static_cast<char*>(iov[*at].iov_base) + written;
+      iov[*at].iov_len -= written;
+      written = 0;
+    }
+  }
+}
 
 }  // namespace sparsekv
 

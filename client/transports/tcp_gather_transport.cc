@@ -45,17 +45,7 @@ absl::Status SendAll(int fd, std::vector<iovec> iov, Clock::time_point deadline,
       if (errno == EAGAIN || errno == EINTR) continue;
       return absl::UnavailableError(absl::StrFormat("%s: %s", what, std::strerror(errno)));
     }
-    size_t left = static_cast<size_t>(w);
-    while (left > 0) {
-      if (left >= iov[at].iov_len) {
-        left -= iov[at].iov_len;
-        ++at;
-      } else {
-        iov[at].iov_base = static_cast<char*>(iov[at].iov_base) + left;
-        iov[at].iov_len -= left;
-        left = 0;
-      }
-    }
+    AdvanceIov(iov, &at, static_cast<size_t>(w));
   }
   return absl::OkStatus();
 }

@@ -40,17 +40,7 @@ bool WriteVec(int fd, std::vector<iovec>& iov) {
     ssize_t w = writev(fd, iov.data() + at, count);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) return false;
-    size_t left = static_cast<size_t>(w);
-    while (left > 0 && at < iov.size()) {
-      if (left >= iov[at].iov_len) {
-        left -= iov[at].iov_len;
-        ++at;
-      } else {
-        iov[at].iov_base = static_cast<char*>(iov[at].iov_base) + left;
-        iov[at].iov_len -= left;
-        left = 0;
-      }
-    }
+    AdvanceIov(iov, &at, static_cast<size_t>(w));
   }
   return true;
 }
