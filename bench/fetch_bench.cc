@@ -38,6 +38,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_format.h"
+#include "bench/baselines_redis.h"
 #include "bench/workloads.h"
 #include "client/fetch_planner.h"
 #include "client/transports/shm_transport.h"
@@ -223,6 +224,56 @@ int RunGather(Client& client, const std::string& server, int reps, bool quick) {
 std::string g_workloads;  // comma-separated names to run; empty: all
 int g_fetch_threads = 1;
 std::string g_transport = "auto";
+bool g_redis = false;
+
+// The Redis baseline for batch 1: the same entries of the same steps, each entry a key, fetched
+// with one MGET per layer from a real redis-server on loopback. Only the keys the steps ask for
+// are loaded (all of a 128K-token region would not fit this machine twice).
+void RunRedisBaseline(const Workload& w, const std::string& mix, int steps, Region& region, double topk_p50_s) {
+  auto redis = RedisBaseline::Start();
+  Labels l{w.name, "redis-mget", mix, 1};
+  if (!redis.ok()) {
+    std::fprintf(stderr, "SKIPPED redis baseline: %s\n", std::string(redis.status().message()).c_str());
+    return;
+  }
+  std::mt19937_64 rng(7);  // the same index sequence as the measured steps
+  std::vector<std::vector<std::vector<int32_t>>> per_step(steps + 1, std::vector<std::vector<int32_t>>(w.layers));
+  for (int step = 0; step <= steps; ++step) {
+    for (int32_t layer = 0; layer < w.layers; ++layer) MakeIndices(mix, w.context_tokens, w.k, rng, &per_step[step][layer]);
+  }
+  for (int32_t layer = 0; layer < w.layers; ++layer) {
+    std::vector<int32_t> needed;
+    for (const auto& step : per_step) needed.insert(needed.end(), step[layer].begin(), step[layer].end());
+    std::sort(needed.begin(), needed.end());
+    needed.erase(std::unique(needed.begin(), needed.end()), needed.end());
+    std::vector<std::byte> values(needed.size() * w.entry_bytes);
+    if (!region.Fetch(layer, needed, absl::MakeSpan(values)).ok()) return;
+    if (auto st = (*redis)->Load(layer, needed, values, w.entry_bytes); !st.ok()) {
+      std::fprintf(stderr, "redis load: %s\n", st.ToString().c_str());
+      return;
+    }
+  }
+  std::vector<double> step_s;
+  int64_t wrong = 0;
+  std::vector<std::byte> dst(static_cast<size_t>(w.k) * w.entry_bytes);
+  for (int step = 0; step <= steps; ++step) {
+    auto t0 = Clock::now();
+    for (int32_t layer = 0; layer < w.layers; ++layer) {
+      auto got = (*redis)->MGet(layer, per_step[step][layer], w.entry_bytes, dst.data());
+      if (!got.ok()) {
+        std::fprintf(stderr, "redis MGET: %s\n", got.status().ToString().c_str());
+        return;
+      }
+      wrong += CountWrong(dst.data(), 0, layer, per_step[step][layer], w.entry_bytes);
+    }
+    if (step > 0) step_s.push_back(Seconds(t0, Clock::now()));
+  }
+  const double p50 = Percentile(step_s, 0.5);
+  Emit(l, "step_p50_ms", p50 * 1e3, "ms");
+  Emit(l, "wrong_entries", static_cast<double>(wrong), "entries");
+  Labels ours{w.name, region.transport_name(), mix, 1};
+  Emit(ours, "topk_speedup_vs_redis_mget", p50 / topk_p50_s, "x", p50 / topk_p50_s, "redis_mget");
+}
 
 // Raw loopback TCP: the limit of the tcp-gather path, measured in the same run. A receiver
 // thread drains `bytes` and answers one byte; the sender times write + answer.
@@ -396,6 +447,7 @@ int RunWorkloads(Client& client, int64_t budget_bytes, int steps, bool quick) {
           Emit(l, "topk_speedup_vs_full_prefix", full / p50, "x", full / p50, "full_prefix");
         }
         failures += wrong != 0;
+        if (g_redis && batch == 1 && w.k > 0) RunRedisBaseline(w, mix, steps, *regions[0], p50);
       }
     }
     for (int s = 0; s < distinct; ++s) {
@@ -426,12 +478,13 @@ int Main(int argc, char** argv) {
     else if (a == "--backing") g_backing = value();
     else if (a == "--workloads") g_workloads = value();
     else if (a == "--transport") g_transport = value();
+    else if (a == "--redis") g_redis = true;
     else if (a == "--fetch-threads") g_fetch_threads = std::max(1, std::atoi(value().c_str()));
     else if (a == "--steps") steps = std::atoi(value().c_str());
     else if (a == "--reps") reps = std::atoi(value().c_str());
     else if (a == "--quick") quick = true;
     else {
-      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N] [--transport auto|shm|tcp]\n");
+      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N] [--transport auto|shm|tcp] [--redis]\n");
       return a == "--help" ? 0 : 2;
     }
   }
