@@ -74,7 +74,7 @@ TEST_CASE("the /metrics endpoint serves Prometheus text whose figures move with 
   REQUIRE(Has(json.out, "\"sparsekv_regions{tenant=\\\"default\\\"}\":1"));
 }
 
-TEST_CASE("drain refuses new regions and keeps existing ones readable; --off undoes it", "[ops][drain]") {
+TEST_CASE("drain refuses new regions and keeps existing ones readable: --off undoes it", "[ops][drain]") {
   DaemonFixture daemon;
   auto region = MakePatternRegion(daemon.client(), "kept", 2, 656, 500, 4, true);
   REQUIRE(region.ok());

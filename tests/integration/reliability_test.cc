@@ -28,7 +28,7 @@ namespace {
 bool Has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 }  // namespace
 
-TEST_CASE("sealed regions carry a checksum that verify checks; a changed byte is DATA_LOSS", "[reliability][checksum]") {
+TEST_CASE("sealed regions carry a checksum that verify checks: a changed byte is DATA_LOSS", "[reliability][checksum]") {
   TempDir pool_dir;
   std::string pool_path = pool_dir.path() + "/pool";
   DaemonFixture daemon({.pool_size = "16MiB", .extra_args = {"--backing", "file:" + pool_path}});
@@ -105,7 +105,7 @@ void DeleteEverything(Client& client) {
 }
 }  // namespace
 
-TEST_CASE("soak: client threads and processes churn at a fill level that forces eviction; no wrong bytes, no leaks", "[reliability][soak]") {
+TEST_CASE("soak: client threads and processes churn at a fill level that forces eviction: no wrong bytes, no leaks", "[reliability][soak]") {
   DaemonFixture daemon({.pool_size = "32MiB", .lease_ms = 600});
   // Warm up the daemon's own allocations (gRPC threads, arenas), then take its idle footprint.
   ChurnStats warm;

@@ -66,7 +66,7 @@ TEST_CASE("a batch plan delivers exactly what a naive gather would, for random b
   }
 }
 
-TEST_CASE("adjacent entries coalesce into one read, across items; duplicates are read once", "[batch_planner]") {
+TEST_CASE("adjacent entries coalesce into one read, across items: duplicates are read once", "[batch_planner]") {
   FakePool pool(100, 656);
   std::vector<std::byte> a(5 * 656), b(3 * 656);
   // Item a asks for 10,11,12,12,20; item b for 13,14,11.
@@ -88,7 +88,7 @@ TEST_CASE("adjacent entries coalesce into one read, across items; duplicates are
   REQUIRE(EntryMatches(5, 0, 11, 656, b.data() + 2 * 656));
 }
 
-TEST_CASE("reads stop at the read limit, units at their limits; empty batches plan nothing", "[batch_planner]") {
+TEST_CASE("reads stop at the read limit, units at their limits: empty batches plan nothing", "[batch_planner]") {
   FakePool pool(1000, 64);
   std::vector<std::byte> dst(1000 * 64);
   std::vector<PlanEntry> all;

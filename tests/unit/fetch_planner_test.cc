@@ -68,7 +68,7 @@ TEST_CASE("empty index lists and duplicates are fine", "[planner]") {
   REQUIRE(off[1] == off[2]);
 }
 
-TEST_CASE("adjacent entries on one page coalesce; page breaks and gaps split", "[planner]") {
+TEST_CASE("adjacent entries on one page coalesce: page breaks and gaps split", "[planner]") {
   Layout L(1, 4, 656, 4096);
   std::vector<int32_t> idx = {0, 1, 2, 3, 4, 5, 6, 9, 8};
   std::vector<int64_t> off(idx.size());

@@ -23,7 +23,7 @@ TEST_CASE("allocation is all or nothing", "[allocator]") {
   REQUIRE(*distinct.rbegin() == 9);
 }
 
-TEST_CASE("freed pages come back; quarantined pages only after their deadline", "[allocator]") {
+TEST_CASE("freed pages come back: quarantined pages only after their deadline", "[allocator]") {
   PageAllocator alloc(4);
   std::vector<uint32_t> a, b;
   REQUIRE(alloc.Allocate(2, &a).ok());

@@ -70,7 +70,7 @@ TEST_CASE("eviction takes the least recently used sealed, unleased region", "[ta
   REQUIRE(t.table->Stats().evictions() == 1);
 }
 
-TEST_CASE("leased or unsealed regions are never evicted; the request fails and nothing moves", "[table][eviction]") {
+TEST_CASE("leased or unsealed regions are never evicted: the request fails and nothing moves", "[table][eviction]") {
   Table t(8);
   auto a = t.Create("a", 4);  // sealed but leased
   auto b = t.Create("b", 3);  // unsealed, lease released
