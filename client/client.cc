@@ -573,6 +573,8 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
   for (const auto& item : items) total += item.indices.size();
   std::vector<int64_t>& offsets = OffsetScratch(total);
   // Pass 1: validate and resolve everything; nothing is written until all of it is good.
+  std::vector<size_t> starts(items.size());  // where each item's offsets begin
+  size_t bytes = 0;
   size_t at = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     const FetchItem& item = items[i];
@@ -597,15 +599,11 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
         !st.ok()) {
       return absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
     }
+    starts[i] = at;
+    bytes += need;
     at += item.indices.size();
   }
   // Pass 2: move the bytes, on helper threads too when the batch is large.
-  std::vector<size_t> starts(items.size());
-  size_t bytes = 0;
-  for (size_t i = 0, at = 0; i < items.size(); at += items[i].indices.size(), ++i) {
-    starts[i] = at;
-    bytes += items[i].indices.size() * static_cast<size_t>(items[i].region->state_->geometry.entry_bytes);
-  }
   absl::Mutex error_mu;
   absl::Status error;
   const int64_t* resolved = offsets.data();

@@ -6,8 +6,8 @@
 
 #include <cstring>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "common/ipv4_listen.h"
 
 namespace sparsekv {
 
@@ -29,16 +29,10 @@ struct MetricsHttpHandler {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& listen, std::function<std::string()> render) {
-  auto colon = listen.rfind(':');
-  int port = 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
-      port > 65535 || inet_pton(AF_INET, listen.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "metrics.listen: '%s' is not IPV4:PORT (like 127.0.0.1:9370)", listen));
-  }
-  addr.sin_port = htons(static_cast<uint16_t>(port));
+  auto parsed = ParseIpv4Listen(listen, "metrics.listen", "127.0.0.1:9370");
+  if (!parsed.ok()) return parsed.status();
+  sockaddr_in addr = *parsed;
+  const int port = ntohs(addr.sin_port);
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
   server->render_ = std::move(render);
   server->daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, nullptr, nullptr,

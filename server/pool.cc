@@ -63,7 +63,23 @@ absl::Status Reserve(int fd, int64_t size, const std::string& what, const Pool::
   return absl::OkStatus();
 }
 
+int64_t MemAvailableBytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string name, unit;
+  int64_t kib;
+  while (meminfo >> name >> kib >> unit) {
+    if (name == "MemAvailable:") return kib * 1024;
+  }
+  return -1;
+}
+
 }  // namespace
+
+int64_t DefaultPoolBytes(int64_t page_bytes) {
+  int64_t bytes = std::min<int64_t>(std::max<int64_t>(MemAvailableBytes(), 0) / 4, int64_t{4} << 30);
+  bytes = std::max<int64_t>(bytes, int64_t{64} << 20);
+  return bytes / page_bytes * page_bytes;
+}
 
 absl::StatusOr<PoolBackingSpec> ParseBackingSpec(const std::string& text) {
   PoolBackingSpec spec;
@@ -112,30 +128,7 @@ const char* BackingKindName(PoolBackingSpec::Kind kind) {
   return "?";
 }
 
-int64_t DefaultPoolBytes(int64_t page_bytes) {
-  int64_t available = 0;
-  std::ifstream meminfo("/proc/meminfo");
-  std::string name, unit;
-  int64_t kib;
-  while (meminfo >> name >> kib >> unit) {
-    if (name == "MemAvailable:") available = kib * 1024;
-  }
-  int64_t bytes = std::min<int64_t>(available / 4, int64_t{4} << 30);
-  bytes = std::max<int64_t>(bytes, int64_t{64} << 20);
-  return bytes / page_bytes * page_bytes;
-}
-
 namespace {
-
-int64_t MemAvailableBytes() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string name, unit;
-  int64_t kib;
-  while (meminfo >> name >> kib >> unit) {
-    if (name == "MemAvailable:") return kib * 1024;
-  }
-  return -1;
-}
 
 int64_t FreeHugePages2M() {
   std::ifstream meminfo("/proc/meminfo");

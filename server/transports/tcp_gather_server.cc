@@ -13,9 +13,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "common/gather_protocol.h"
+#include "common/ipv4_listen.h"
 #include "common/log.h"
 
 namespace sparsekv {
@@ -54,18 +54,12 @@ bool SendError(int fd, uint64_t id, const std::string& message) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TcpGatherServer>> TcpGatherServer::Start(Pool* pool, const std::string& listen) {
-  auto colon = listen.rfind(':');
-  int port = 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535 ||
-      inet_pton(AF_INET, listen.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
-    return absl::InvalidArgumentError(absl::StrFormat("listen.data: '%s' is not IPV4:PORT", listen));
-  }
-  addr.sin_port = htons(static_cast<uint16_t>(port));
+  auto parsed = ParseIpv4Listen(listen, "listen.data", "127.0.0.1:7371");
+  if (!parsed.ok()) return parsed.status();
+  sockaddr_in addr = *parsed;
   std::unique_ptr<TcpGatherServer> server(new TcpGatherServer());
   server->pool_ = pool;
-  server->host_ = listen.substr(0, colon);
+  server->host_ = listen.substr(0, listen.rfind(':'));
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
