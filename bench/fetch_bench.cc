@@ -223,6 +223,7 @@ int RunGather(Client& client, const std::string& server, int reps, bool quick) {
 
 std::string g_workloads;  // comma-separated names to run; empty: all
 int g_fetch_threads = 1;
+int g_data_connections = 4;
 std::string g_transport = "auto";
 bool g_redis = false;
 
@@ -368,7 +369,7 @@ int RunWorkloads(Client& client, int64_t budget_bytes, int steps, bool quick) {
     std::vector<std::byte> memcpy_src(memcpy_bytes, std::byte{1}), memcpy_dst(memcpy_bytes);
     const bool over_tcp = regions[0]->transport_name() != std::string("shm");
     std::unique_ptr<RawTcpLimit> raw_tcp = over_tcp ? std::make_unique<RawTcpLimit>() : nullptr;
-    for (const std::string mix : w.k > 0 ? std::vector<std::string>{"dsa", "uniform"} : std::vector<std::string>{"all"}) {
+    for (const std::string& mix : w.k > 0 ? std::vector<std::string>{"dsa", "uniform"} : std::vector<std::string>{"all"}) {
       for (int batch : w.batches) {
         Labels l{w.name, regions[0]->transport_name(), mix, batch};
         std::vector<std::byte> dst(per_item * batch * w.layers);
@@ -480,11 +481,12 @@ int Main(int argc, char** argv) {
     else if (a == "--transport") g_transport = value();
     else if (a == "--redis") g_redis = true;
     else if (a == "--fetch-threads") g_fetch_threads = std::max(1, std::atoi(value().c_str()));
+    else if (a == "--data-connections") g_data_connections = std::max(1, std::atoi(value().c_str()));
     else if (a == "--steps") steps = std::atoi(value().c_str());
     else if (a == "--reps") reps = std::atoi(value().c_str());
     else if (a == "--quick") quick = true;
     else {
-      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N] [--transport auto|shm|tcp] [--redis]\n");
+      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N] [--transport auto|shm|tcp] [--data-connections N] [--redis]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -516,6 +518,7 @@ int Main(int argc, char** argv) {
   options.server = server;
   options.rpc_timeout_ms = 60000;
   options.fetch_threads = g_fetch_threads;
+  options.data_connections = g_data_connections;
   options.transport = g_transport;
   auto client = Client::Connect(options);
   if (!client.ok()) {

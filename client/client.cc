@@ -286,7 +286,8 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
       host = "127.0.0.1";
       if (options.server.rfind("unix:", 0) != 0) host = options.server.substr(0, options.server.rfind(':'));
     }
-    transport = std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms);
+    transport = std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
+                                                     options.data_connections);
   }
   if (transport == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -616,7 +617,19 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
       if (error.ok()) error = absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
     }
   };
-  if (impl_->fetch_workers && static_cast<int64_t>(bytes) >= impl_->options.fetch_parallel_min_bytes) {
+  Transport* shared = items.empty() ? nullptr : items[0].region->state_->transport.get();
+  for (const FetchItem& item : items) {
+    if (item.region->state_->transport.get() != shared) shared = nullptr;
+  }
+  if (shared != nullptr && shared->prefers_batch()) {
+    // A network transport keeps the whole batch in flight itself.
+    std::vector<GatherWork> work(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      work[i] = {absl::MakeConstSpan(resolved + starts[i], items[i].indices.size()),
+                 items[i].region->state_->geometry.entry_bytes, items[i].dst.data()};
+    }
+    error = shared->GatherBatch(work);
+  } else if (impl_->fetch_workers && static_cast<int64_t>(bytes) >= impl_->options.fetch_parallel_min_bytes) {
     impl_->fetch_workers->ParallelFor(items.size(), copy_item);
   } else {
     for (size_t i = 0; i < items.size(); ++i) copy_item(i);

@@ -9,11 +9,19 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 
 namespace sparsekv {
+
+// One batch item resolved for a transport: entry i of `offsets` lands at dst + i * entry_bytes.
+struct GatherWork {
+  absl::Span<const int64_t> offsets;
+  int32_t entry_bytes = 0;
+  std::byte* dst = nullptr;
+};
 
 class Transport {
  public:
@@ -25,6 +33,23 @@ class Transport {
   // Copies entry i of src (at src + i * entry_bytes) to pool_offsets[i].
   virtual absl::Status Scatter(const std::byte* src, int32_t entry_bytes,
                                absl::Span<const int64_t> pool_offsets) = 0;
+  // A whole decode batch at once. Network transports override it to keep many requests in
+  // flight; the default moves one item after the other. On error, which item failed is in the
+  // message; dst contents are then unspecified.
+  virtual absl::Status GatherBatch(absl::Span<const GatherWork> work) {
+    for (size_t i = 0; i < work.size(); ++i) {
+      if (auto st = Gather(work[i].offsets, work[i].entry_bytes, work[i].dst); !st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+  // True when GatherBatch beats calling Gather from several threads (network transports).
+  virtual bool prefers_batch() const { return false; }
+  // Why this transport was chosen (for logs and sparsekvctl status).
+  const std::string& reason() const { return reason_; }
+  void set_reason(std::string reason) { reason_ = std::move(reason); }
+
+ private:
+  std::string reason_;
 };
 
 }  // namespace sparsekv

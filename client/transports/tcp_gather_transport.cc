@@ -9,6 +9,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -67,8 +68,8 @@ absl::Status RecvAll(int fd, void* buf, size_t n, Clock::time_point deadline, co
 
 }  // namespace
 
-TcpGatherTransport::TcpGatherTransport(std::string host, int port, int64_t timeout_ms)
-    : host_(std::move(host)), port_(port), timeout_ms_(timeout_ms) {}
+TcpGatherTransport::TcpGatherTransport(std::string host, int port, int64_t timeout_ms, int connections)
+    : host_(std::move(host)), port_(port), timeout_ms_(timeout_ms), connections_(std::max(1, connections)) {}
 
 TcpGatherTransport::~TcpGatherTransport() {
   absl::MutexLock lock(&mu_);
@@ -170,7 +171,192 @@ absl::Status TcpGatherTransport::Call(uint32_t op, absl::Span<const int64_t> off
 }
 
 absl::Status TcpGatherTransport::Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) {
-  return Call(static_cast<uint32_t>(GatherOp::kRead), pool_offsets, entry_bytes, nullptr, dst);
+  GatherWork one{pool_offsets, entry_bytes, dst};
+  return GatherBatch(absl::MakeConstSpan(&one, 1));
+}
+
+namespace {
+
+// One request of a batch: its ranges and where their bytes land.
+struct BatchRequest {
+  std::vector<GatherRange> ranges;
+  std::vector<iovec> dst;  // contiguous pieces of the callers' buffers, in range order
+  uint64_t bytes = 0;
+  size_t first_item = 0;
+};
+
+// One connection working through its share of the requests.
+struct BatchStream {
+  int fd = -1;
+  std::vector<size_t> requests;
+  size_t next = 0;  // requests[next] is in progress
+  enum class Phase { kSend, kHeader, kPayload, kDone } phase = Phase::kSend;
+  GatherRequestHeader header{};
+  std::vector<iovec> send_iov;
+  size_t send_at = 0;
+  GatherResponseHeader reply{};
+  size_t reply_got = 0;
+  std::vector<iovec> recv_iov;
+  size_t recv_at = 0;
+};
+
+}  // namespace
+
+absl::Status TcpGatherTransport::GatherBatch(absl::Span<const GatherWork> work) {
+  uint64_t total = 0;
+  for (const GatherWork& w : work) total += w.offsets.size() * static_cast<uint64_t>(w.entry_bytes);
+  if (total == 0) return absl::OkStatus();
+  // Requests of about total / connections bytes (at least 256 KiB, at most 64 MiB), cut
+  // anywhere, even inside an item.
+  const uint64_t target = std::clamp<uint64_t>((total + connections_ - 1) / connections_, uint64_t{256} << 10,
+                                               uint64_t{64} << 20);
+  std::vector<BatchRequest> requests(1);
+  for (size_t i = 0; i < work.size(); ++i) {
+    const GatherWork& w = work[i];
+    const uint32_t eb = static_cast<uint32_t>(w.entry_bytes);
+    for (size_t e = 0; e < w.offsets.size(); ++e) {
+      BatchRequest* r = &requests.back();
+      if (r->bytes + eb > target || r->ranges.size() >= kGatherMaxRanges) {
+        requests.emplace_back();
+        r = &requests.back();
+      }
+      if (r->ranges.empty()) r->first_item = i;
+      r->ranges.push_back({static_cast<uint64_t>(w.offsets[e]), eb, 0});
+      std::byte* to = w.dst + e * eb;
+      if (!r->dst.empty() && static_cast<std::byte*>(r->dst.back().iov_base) + r->dst.back().iov_len == to) {
+        r->dst.back().iov_len += eb;
+      } else {
+        r->dst.push_back({to, eb});
+      }
+      r->bytes += eb;
+    }
+  }
+  const size_t used = std::min<size_t>(static_cast<size_t>(connections_), requests.size());
+  std::vector<BatchStream> streams(used);
+  for (size_t r = 0; r < requests.size(); ++r) streams[r % used].requests.push_back(r);
+  const std::string what = absl::StrFormat("tcp-gather read from %s:%d", host_, port_);
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
+  absl::Status status;
+  auto start = [&](BatchStream& s) {
+    if (s.next >= s.requests.size()) {
+      s.phase = BatchStream::Phase::kDone;
+      return;
+    }
+    BatchRequest& r = requests[s.requests[s.next]];
+    s.header = {kGatherMagic, static_cast<uint32_t>(GatherOp::kRead), next_id_++, static_cast<uint32_t>(r.ranges.size()), 0};
+    s.send_iov = {{&s.header, sizeof(s.header)}, {r.ranges.data(), r.ranges.size() * sizeof(GatherRange)}};
+    s.send_at = 0;
+    s.reply_got = 0;
+    s.recv_iov = r.dst;
+    s.recv_at = 0;
+    s.phase = BatchStream::Phase::kSend;
+  };
+  for (BatchStream& s : streams) {
+    auto fd = Acquire();
+    if (!fd.ok()) {
+      status = fd.status();
+      break;
+    }
+    s.fd = *fd;
+    start(s);
+  }
+  // Step one stream as far as it goes without blocking. False: failed, `status` says why.
+  auto step = [&](BatchStream& s, short revents) -> bool {
+    if (s.phase == BatchStream::Phase::kSend && (revents & (POLLOUT | POLLERR | POLLHUP))) {
+      msghdr msg{};
+      msg.msg_iov = s.send_iov.data() + s.send_at;
+      msg.msg_iovlen = std::min<size_t>(s.send_iov.size() - s.send_at, IOV_MAX);
+      ssize_t w = sendmsg(s.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w < 0 && errno != EAGAIN && errno != EINTR) {
+        status = absl::UnavailableError(absl::StrFormat("%s: %s", what, std::strerror(errno)));
+        return false;
+      }
+      if (w > 0) AdvanceIov(s.send_iov, &s.send_at, static_cast<size_t>(w));
+      if (s.send_at == s.send_iov.size()) s.phase = BatchStream::Phase::kHeader;
+    }
+    if (!(revents & (POLLIN | POLLERR | POLLHUP))) return true;
+    while (s.phase == BatchStream::Phase::kHeader || s.phase == BatchStream::Phase::kPayload) {
+      ssize_t r;
+      if (s.phase == BatchStream::Phase::kHeader) {
+        r = recv(s.fd, reinterpret_cast<char*>(&s.reply) + s.reply_got, sizeof(s.reply) - s.reply_got, MSG_DONTWAIT);
+      } else {
+        msghdr msg{};
+        msg.msg_iov = s.recv_iov.data() + s.recv_at;
+        msg.msg_iovlen = std::min<size_t>(s.recv_iov.size() - s.recv_at, IOV_MAX);
+        r = recvmsg(s.fd, &msg, MSG_DONTWAIT);
+      }
+      if (r < 0 && (errno == EAGAIN || errno == EINTR)) return true;
+      if (r <= 0) {
+        status = absl::UnavailableError(
+            absl::StrFormat("%s: %s", what, r == 0 ? "the daemon closed the connection" : std::strerror(errno)));
+        return false;
+      }
+      if (s.phase == BatchStream::Phase::kHeader) {
+        s.reply_got += static_cast<size_t>(r);
+        if (s.reply_got < sizeof(s.reply)) continue;
+        const BatchRequest& req = requests[s.requests[s.next]];
+        if (s.reply.magic != kGatherMagic || s.reply.id != s.header.id) {
+          status = absl::DataLossError(absl::StrFormat("%s: reply does not match the request", what));
+          return false;
+        }
+        if (s.reply.status != static_cast<uint32_t>(GatherStatus::kOk)) {
+          std::string message(std::min<uint64_t>(s.reply.payload_bytes, 4096), '\0');
+          (void)RecvAll(s.fd, message.data(), message.size(), deadline, what);
+          status = absl::InvalidArgumentError(absl::StrFormat("%s refused (batch item %d onwards): %s", what,
+                                                              req.first_item, message));
+          return false;
+        }
+        if (s.reply.payload_bytes != req.bytes) {
+          status = absl::DataLossError(
+              absl::StrFormat("%s: %d bytes announced, %d expected", what, s.reply.payload_bytes, req.bytes));
+          return false;
+        }
+        s.phase = BatchStream::Phase::kPayload;
+      } else {
+        AdvanceIov(s.recv_iov, &s.recv_at, static_cast<size_t>(r));
+      }
+      if (s.phase == BatchStream::Phase::kPayload && s.recv_at == s.recv_iov.size()) {
+        ++s.next;
+        start(s);
+        return true;  // the next request needs POLLOUT first
+      }
+    }
+    return true;
+  };
+  std::vector<pollfd> fds;
+  std::vector<BatchStream*> polled;
+  while (status.ok()) {
+    fds.clear();
+    polled.clear();
+    for (BatchStream& s : streams) {
+      if (s.phase == BatchStream::Phase::kDone) continue;
+      fds.push_back({s.fd, static_cast<short>(s.phase == BatchStream::Phase::kSend ? POLLOUT | POLLIN : POLLIN), 0});
+      polled.push_back(&s);
+    }
+    if (fds.empty()) break;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) {
+      status = absl::DeadlineExceededError(absl::StrFormat("%s timed out after %d ms", what, timeout_ms_));
+      break;
+    }
+    int n = poll(fds.data(), fds.size(), static_cast<int>(left));
+    if (n < 0 && errno != EINTR) {
+      status = absl::UnavailableError(absl::StrFormat("%s: poll: %s", what, std::strerror(errno)));
+      break;
+    }
+    for (size_t i = 0; i < fds.size() && status.ok(); ++i) {
+      if (fds[i].revents != 0) step(*polled[i], fds[i].revents);
+    }
+  }
+  for (BatchStream& s : streams) {
+    if (s.fd < 0) continue;
+    if (status.ok()) {
+      Release(s.fd);
+    } else {
+      close(s.fd);  // a half-read stream is never reused
+    }
+  }
+  return status;
 }
 
 absl::Status TcpGatherTransport::Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) {

@@ -23,12 +23,18 @@ namespace sparsekv {
 
 class TcpGatherTransport final : public Transport {
  public:
-  TcpGatherTransport(std::string host, int port, int64_t timeout_ms);
+  // `connections`: how many streams one batch is spread over (the daemon gathers each on its own
+  // thread; the client receives them all on the calling thread).
+  TcpGatherTransport(std::string host, int port, int64_t timeout_ms, int connections = 4);
   ~TcpGatherTransport() override;
 
   const char* name() const override { return "tcp-gather"; }
   absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) override;
   absl::Status Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) override;
+  // Splits the batch into requests of similar size, spreads them over the connections and
+  // keeps every connection busy: each reply is received straight into the callers' buffers.
+  absl::Status GatherBatch(absl::Span<const GatherWork> work) override;
+  bool prefers_batch() const override { return true; }
 
  private:
   absl::StatusOr<int> Acquire();
@@ -39,6 +45,7 @@ class TcpGatherTransport final : public Transport {
   const std::string host_;
   const int port_;
   const int64_t timeout_ms_;
+  const int connections_;
   std::atomic<uint64_t> next_id_{1};
   absl::Mutex mu_;
   std::vector<int> idle_ ABSL_GUARDED_BY(mu_);

@@ -40,6 +40,8 @@ struct ClientOptions {
   // threads owned by the Client, used for batches of at least fetch_parallel_min_bytes.
   int32_t fetch_threads = 1;
   int64_t fetch_parallel_min_bytes = int64_t{4} << 20;
+  // Network transports: connections one batch is spread over.
+  int32_t data_connections = 4;
 };
 
 struct RegionSpec {
