@@ -2,6 +2,7 @@
 #include "sparsekv/client.h"
 
 #include <atomic>
+#include <map>
 #include <chrono>
 #include <thread>
 
@@ -9,12 +10,17 @@
 #include <xxhash.h>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "client/fetch_planner.h"
 #include "client/transports/shm_transport.h"
+#include "client/transports/fabric_transport.h"
 #include "client/transports/tcp_gather_transport.h"
+#include "client/transports/verbs_transport.h"
+#include "common/log.h"
 #include "client/worker_pool.h"
 #include "common/geometry.h"
 #include "common/grpc_status.h"
@@ -56,6 +62,7 @@ struct Client::Impl {
 
   absl::Mutex mu;
   absl::flat_hash_map<std::string, std::shared_ptr<Transport>> transports ABSL_GUARDED_BY(mu);
+  std::map<void*, size_t> registered_buffers ABSL_GUARDED_BY(mu);  // RegisterBuffer, for RMA transports
   absl::flat_hash_map<Region::State*, std::weak_ptr<Region::State>> open ABSL_GUARDED_BY(mu);
   bool stopping ABSL_GUARDED_BY(mu) = false;
   std::thread renewer;
@@ -261,42 +268,112 @@ struct Region::State {
 // Client
 
 absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::TransportDescriptor& d) {
-  const std::string& choice = options.transport;
-  if (choice != "auto" && choice != "shm" && choice != "tcp") {
+  std::string choice = options.transport == "tcp-gather" ? "tcp" : options.transport;
+  if (choice != "auto" && choice != "shm" && choice != "tcp" && choice != "fabric" && choice != "verbs") {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "transport '%s' is not available in this build (available: auto, shm, tcp)", choice));
+        "transport '%s' is not one of auto, shm, verbs, fabric, tcp", options.transport));
   }
   const auto& shm = d.shm();
+  // One transport per pool and data-plane address: a restarted daemon may listen elsewhere.
+  const std::string cache_key =
+      absl::StrCat(choice, "|", shm.pool_uuid(), "|", d.gather_host(), ":", d.gather_port(), "|",
+                   absl::BytesToHexString(d.fabric().address()), "|", d.verbs().host(), ":", d.verbs().port());
   {
     absl::MutexLock lock(&mu);
-    if (auto it = transports.find(shm.pool_uuid()); it != transports.end()) return it->second;
+    if (auto it = transports.find(cache_key); it != transports.end()) return it->second;
   }
+  std::string control_host = "127.0.0.1";
+  if (options.server.rfind("unix:", 0) != 0) control_host = options.server.substr(0, options.server.rfind(':'));
   std::shared_ptr<Transport> transport;
-  std::string shm_problem;
-  if (choice != "tcp") {
+  std::vector<std::string> tried;  // why each better transport was passed over
+  auto want = [&](const char* name) { return choice == "auto" || choice == name; };
+  auto register_all = [&](Transport* t) -> absl::Status {
+    std::map<void*, size_t> buffers;
+    {
+      absl::MutexLock lock(&mu);
+      buffers = registered_buffers;
+    }
+    for (const auto& [addr, bytes] : buffers) {
+      if (auto st = t->RegisterBuffer(addr, bytes); !st.ok()) return st;
+    }
+    return absl::OkStatus();
+  };
+  if (want("shm")) {
     ShmPoolAddress address{shm.fd_socket_path(), shm.path(), shm.pool_bytes(), shm.pool_uuid(), shm.host_id()};
     auto mapped = ShmTransport::Map(address);
-    if (mapped.ok()) transport = *std::move(mapped);
-    else shm_problem = std::string(mapped.status().message());
-  }
-  if (transport == nullptr && choice != "shm" && d.gather_port() > 0) {
-    // 0.0.0.0 means: the host this client reached the control plane on.
-    std::string host = d.gather_host();
-    if (host.empty() || host == "0.0.0.0") {
-      host = "127.0.0.1";
-      if (options.server.rfind("unix:", 0) != 0) host = options.server.substr(0, options.server.rfind(':'));
+    if (mapped.ok()) {
+      transport = *std::move(mapped);
+      transport->set_reason(choice == "shm" ? "forced by ClientOptions.transport" : "the pool can be mapped on this host");
+    } else {
+      tried.push_back(absl::StrCat("shm/CXL: ", mapped.status().message()));
     }
-    transport = std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
-                                                     options.data_connections);
+  }
+  if (transport == nullptr && want("verbs")) {
+    if (!d.has_verbs()) {
+      tried.push_back("verbs: the daemon has no RDMA device");
+    } else {
+      auto opened = VerbsTransport::Connect(d.verbs(), control_host, options.rpc_timeout_ms);
+      if (opened.ok() && !register_all(opened->get()).ok()) opened = absl::ResourceExhaustedError("cannot register the client's buffers");
+      if (opened.ok()) {
+        transport = *std::move(opened);
+        transport->set_reason(choice == "verbs" ? "forced by ClientOptions.transport" : "an RDMA device reaches the daemon");
+      } else {
+        tried.push_back(absl::StrCat("verbs: ", opened.status().message()));
+      }
+    }
+  }
+  // Hardware RMA beats a server-side gather; software RMA (tcp, sockets) does not: it would
+  // turn each entry into a round trip of work on both hosts.
+  auto open_fabric = [&](const char* why) {
+    auto opened = FabricTransport::Open(d.fabric(), control_host, options.rpc_timeout_ms, options.fabric_force_staging);
+    if (!opened.ok()) {
+      tried.push_back(absl::StrCat("fabric: ", opened.status().message()));
+      return;
+    }
+    if (auto st = register_all(opened->get()); !st.ok()) {
+      tried.push_back(absl::StrCat("fabric: ", st.message()));
+      return;
+    }
+    transport = *std::move(opened);
+    transport->set_reason(why);
+  };
+  if (transport == nullptr && want("fabric")) {
+    if (!d.has_fabric()) {
+      tried.push_back("fabric: the daemon offers no libfabric endpoint");
+    } else if (choice == "fabric") {
+      open_fabric("forced by ClientOptions.transport");
+    } else if (!d.fabric().software_rma()) {
+      open_fabric(absl::StrCat("hardware RMA through libfabric provider ", d.fabric().provider()).c_str());
+    } else {
+      tried.push_back(absl::StrCat("fabric: provider ", d.fabric().provider(),
+                                   " emulates RMA in software, server-side gather preferred"));
+    }
+  }
+  if (transport == nullptr && want("tcp")) {
+    if (d.gather_port() <= 0) {
+      tried.push_back("tcp-gather: the daemon offers no tcp-gather path");
+    } else {
+      // 0.0.0.0 means: the host this client reached the control plane on.
+      std::string host = d.gather_host();
+      if (host.empty() || host == "0.0.0.0") host = control_host;
+      transport = std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
+                                                       options.data_connections);
+      transport->set_reason(choice == "tcp" ? "forced by ClientOptions.transport" : "server-side gather over TCP");
+    }
+  }
+  if (transport == nullptr && choice == "auto" && d.has_fabric() && d.fabric().software_rma()) {
+    open_fabric("the only path left: libfabric RMA in software");
   }
   if (transport == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no data-plane transport reaches the pool of ", options.server,
-        shm_problem.empty() ? "" : absl::StrCat(": shm/CXL: ", shm_problem),
-        d.gather_port() > 0 || choice == "shm" ? "" : "; the daemon offers no tcp-gather path"));
+    return absl::FailedPreconditionError(absl::StrCat("no data-plane transport reaches the pool of ", options.server,
+                                                      " (transport ", choice, "): ", absl::StrJoin(tried, "; ")));
   }
+  if (!tried.empty() && choice == "auto") {
+    transport->set_reason(absl::StrCat(transport->reason(), " (passed over: ", absl::StrJoin(tried, "; "), ")"));
+  }
+  SKV_LOG_INFO("sparsekv", "data plane to %s: %s, because %s", options.server, transport->name(), transport->reason());
   absl::MutexLock lock(&mu);
-  auto [it, inserted] = transports.emplace(shm.pool_uuid(), transport);
+  auto [it, inserted] = transports.emplace(cache_key, transport);
   return it->second;
 }
 
@@ -566,6 +643,40 @@ absl::StatusOr<PoolStats> Client::Stats() {
   out.evictions = reply.evictions();
   out.abandoned_regions = reply.abandoned_regions();
   out.backing = reply.backing_detail();
+  return out;
+}
+
+absl::Status Client::RegisterBuffer(void* addr, size_t bytes) {
+  if (addr == nullptr || bytes == 0) return absl::InvalidArgumentError("RegisterBuffer: empty buffer");
+  std::vector<std::shared_ptr<Transport>> live;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->registered_buffers[addr] = bytes;
+    for (const auto& [key, t] : impl_->transports) live.push_back(t);
+  }
+  for (const auto& t : live) {
+    if (auto st = t->RegisterBuffer(addr, bytes); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Client::UnregisterBuffer(void* addr) {
+  std::vector<std::shared_ptr<Transport>> live;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->registered_buffers.erase(addr) == 0) {
+      return absl::NotFoundError(absl::StrFormat("no buffer registered at %p", addr));
+    }
+    for (const auto& [key, t] : impl_->transports) live.push_back(t);
+  }
+  for (const auto& t : live) (void)t->UnregisterBuffer(addr);
+  return absl::OkStatus();
+}
+
+std::vector<std::string> Client::TransportChoices() const {
+  std::vector<std::string> out;
+  absl::MutexLock lock(&impl_->mu);
+  for (const auto& [key, t] : impl_->transports) out.push_back(absl::StrCat(t->name(), ": ", t->reason()));
   return out;
 }
 

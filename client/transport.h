@@ -42,6 +42,10 @@ class Transport {
     }
     return absl::OkStatus();
   }
+  // Registers a client buffer for RMA transports (destination of fetches used in place, no
+  // staging copy); the others need no registration and accept it as a no-op.
+  virtual absl::Status RegisterBuffer(void* addr, size_t bytes) { return absl::OkStatus(); }
+  virtual absl::Status UnregisterBuffer(void* addr) { return absl::OkStatus(); }
   // True when GatherBatch beats calling Gather from several threads (network transports).
   virtual bool prefers_batch() const { return false; }
   // Why this transport was chosen (for logs and sparsekvctl status).

@@ -69,6 +69,14 @@ const std::vector<Option>& Options() {
        [](DaemonConfig* c, const std::string& v) { c->unix_socket = v; return absl::OkStatus(); }},
       {"listen.data", "--data-listen", "IPV4:PORT of the tcp-gather data path for clients that cannot map the pool; port 0 picks one; \"\" disables (default 127.0.0.1:0)",
        [](DaemonConfig* c, const std::string& v) { c->data_listen = v; return absl::OkStatus(); }},
+      {"transports.fabric_provider", "--fabric-provider", "libfabric provider for one-sided RMA: auto (hardware first, then tcp) | tcp | verbs | efa | cxi | any provider name | off (default auto); binds the host of listen.data",
+       [](DaemonConfig* c, const std::string& v) { c->fabric_provider = v; return absl::OkStatus(); }},
+      {"transports.verbs", "--verbs", "native ibverbs transport (rdmacm listener on the host of listen.data, port chosen by the kernel): auto (when an RDMA device exists) | on (fail without one) | off (default auto)",
+       [](DaemonConfig* c, const std::string& v) {
+         if (v != "auto" && v != "on" && v != "off") return absl::InvalidArgumentError(absl::StrCat("transports.verbs: '", v, "' is not auto, on or off"));
+         c->verbs = v;
+         return absl::OkStatus();
+       }},
       {"metrics.listen", "--metrics-listen", "IPV4:PORT of the Prometheus /metrics endpoint; port 0 picks one; \"\" disables (default 127.0.0.1:9370)",
        [](DaemonConfig* c, const std::string& v) { c->metrics_listen = v; return absl::OkStatus(); }},
       {"runtime.dir", "--runtime-dir", "directory for sockets (default /run/sparsekvd as root, else per user)",
@@ -281,6 +289,7 @@ std::string DescribeConfig(const DaemonConfig& c) {
       "backing = ", q(c.backing), "\n", "page_size = ", q(absl::StrCat(c.page_bytes)), "\n",
       "prefault = ", c.prefault ? "true" : "false", "\n\n",
       "[listen]\n", "tcp = ", q(c.listen), "\n", "unix = ", q(c.unix_socket), "\n", "data = ", q(c.data_listen), "\n\n",
+      "[transports]\n", "fabric_provider = ", q(c.fabric_provider), "\n", "verbs = ", q(c.verbs), "\n\n",
       "[metrics]\n", "listen = ", q(c.metrics_listen), "\n\n",
       "[runtime]\n", "dir = ", q(c.runtime_dir), "\n", "ready_file = ", q(c.ready_file), "\n", "state_dir = ", q(c.state_dir), "\n\n",
       "[leases]\n", "lease_ms = ", c.lease_ms, "\n", "reap_interval_ms = ", c.reap_interval_ms, "\n", "abandon_ms = ", c.abandon_ms, "\n\n",

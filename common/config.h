@@ -37,6 +37,9 @@ struct DaemonConfig {
   std::string listen = "127.0.0.1:7370";  // TCP control plane; "" disables
   std::string unix_socket;                // "" : <runtime_dir>/control.sock; "none" disables
   std::string data_listen = "127.0.0.1:0";  // tcp-gather data path (IPV4:PORT); "" disables
+  // [transports]
+  std::string fabric_provider = "auto";  // libfabric RMA: auto | tcp | verbs | efa | cxi | PROVIDER | off
+  std::string verbs = "auto";            // native ibverbs: auto (when a device exists) | on | off
   // [metrics]
   std::string metrics_listen = "127.0.0.1:9370";  // Prometheus text at http://HOST:PORT/metrics; "" disables
   // [runtime]

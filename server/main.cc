@@ -33,6 +33,8 @@
 #include "server/pool.h"
 #include "server/region_table.h"
 #include "server/transports/shm_server.h"
+#include "server/transports/fabric_server.h"
+#include "server/transports/verbs_server.h"
 #include "server/transports/tcp_gather_server.h"
 
 namespace sparsekv {
@@ -227,6 +229,7 @@ int Run(int argc, char** argv) {
   Metrics metrics;
   ControlService service(&table, &metrics);
 
+  v1::TransportDescriptor network;
   std::unique_ptr<TcpGatherServer> gather;
   if (!config.data_listen.empty()) {
     auto started_gather = TcpGatherServer::Start(pool->get(), config.data_listen);
@@ -235,10 +238,48 @@ int Run(int argc, char** argv) {
       return 1;
     }
     gather = std::move(*started_gather);
-    table.SetGatherAddress(gather->host(), gather->port());
+    network.set_gather_host(gather->host());
+    network.set_gather_port(gather->port());
     SKV_LOG_INFO("tcp-gather", "server-side gather for clients that cannot map the pool on %s:%d",
                  gather->host(), gather->port());
   }
+  // One-sided RMA through libfabric, on the host of the data listener.
+  std::unique_ptr<FabricServer> fabric;
+  const std::string data_host =
+      config.data_listen.empty() ? std::string("127.0.0.1") : config.data_listen.substr(0, config.data_listen.rfind(':'));
+  if (config.fabric_provider != "off") {
+    auto started_fabric = FabricServer::Start(pool->get(), config.fabric_provider, data_host);
+    if (!started_fabric.ok()) {
+      if (config.fabric_provider != "auto") {  // asked for by name: a start-up error
+        SKV_LOG_ERROR(kLog, "%s", started_fabric.status().message());
+        return 1;
+      }
+      SKV_LOG_WARN("fabric", "no libfabric RMA endpoint: %s", started_fabric.status().message());
+    } else {
+      fabric = std::move(*started_fabric);
+      *network.mutable_fabric() = fabric->descriptor();
+      SKV_LOG_INFO("fabric", "one-sided RMA on %s; pool registered once for remote read and write",
+                   fabric->Describe());
+    }
+  }
+  // Native verbs, where the host has an RDMA device.
+  std::unique_ptr<VerbsServer> verbs;
+  if (config.verbs != "off") {
+    auto started_verbs = VerbsServer::Start(pool->get(), data_host);
+    if (!started_verbs.ok()) {
+      if (config.verbs == "on") {
+        SKV_LOG_ERROR(kLog, "transports.verbs = on: %s", started_verbs.status().message());
+        return 1;
+      }
+      SKV_LOG_INFO("verbs", "native verbs transport off: %s", started_verbs.status().message());
+    } else {
+      verbs = std::move(*started_verbs);
+      *network.mutable_verbs() = verbs->descriptor();
+      SKV_LOG_INFO("verbs", "rdmacm listener on %s:%d (device %s); pool registered once, rkey 0x%x", data_host,
+                   verbs->descriptor().port(), verbs->descriptor().device(), verbs->descriptor().rkey());
+    }
+  }
+  table.SetNetworkTransports(network);
 
   std::unique_ptr<RegionJournal> journal;
   if (!config.state_dir.empty()) {
@@ -388,6 +429,8 @@ int Run(int argc, char** argv) {
   reaper_cv.notify_all();
   reaper.join();
   gather.reset();
+  fabric.reset();
+  verbs.reset();
   shm.reset();
   if (!unix_target.empty()) unlink(config.unix_socket.c_str());
   if (!config.ready_file.empty()) unlink(config.ready_file.c_str());

@@ -182,10 +182,10 @@ void RegionTable::ApplyRuntimeConfig(const DaemonConfig& next) {
 
 void RegionTable::SetDraining(bool draining) { draining_.store(draining); }
 
-void RegionTable::SetGatherAddress(const std::string& host, int port) {
+void RegionTable::SetNetworkTransports(const v1::TransportDescriptor& network) {
   absl::MutexLock lock(&mu_);
-  gather_host_ = host;
-  gather_port_ = port;
+  network_ = network;
+  network_.clear_shm();
 }
 bool RegionTable::draining() const { return draining_.load(); }
 
@@ -357,6 +357,7 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   for (const auto& layer : region->pages) {
     out->add_layers()->mutable_pages()->Add(layer.begin(), layer.end());
   }
+  *out->mutable_transport() = network_;
   auto* shm = out->mutable_transport()->mutable_shm();
   shm->set_fd_socket_path(pool_->client_path().empty() ? fd_socket_path_ : "");
   shm->set_path(pool_->client_path());
@@ -364,8 +365,6 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   shm->set_backing(BackingKindName(pool_->spec().kind));
   shm->set_pool_uuid(pool_->uuid());
   shm->set_host_id(host_id_);
-  out->mutable_transport()->set_gather_host(gather_host_);
-  out->mutable_transport()->set_gather_port(gather_port_);
   out->mutable_lease()->set_lease_id(GrantLeaseLocked(region, now));
   out->mutable_lease()->set_lease_ms(lease_ms());
 }

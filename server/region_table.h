@@ -80,8 +80,9 @@ class RegionTable {
   DaemonConfig config() const;
   // A draining daemon refuses new regions; existing ones stay readable, writable and growable.
   void SetDraining(bool draining);
-  // Where the tcp-gather data path listens, for open-region replies.
-  void SetGatherAddress(const std::string& host, int port);
+  // The network data paths every OpenRegion reply offers (tcp-gather, libfabric RMA, verbs);
+  // the shm part is filled per reply.
+  void SetNetworkTransports(const v1::TransportDescriptor& network);
   bool draining() const;
 
  private:
@@ -148,8 +149,7 @@ class RegionTable {
   mutable absl::Mutex config_mu_;
   DaemonConfig config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<bool> draining_{false};
-  std::string gather_host_ ABSL_GUARDED_BY(mu_);
-  int gather_port_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::TransportDescriptor network_ ABSL_GUARDED_BY(mu_);
   const std::unique_ptr<EvictionPolicy> policy_;
   const std::string fd_socket_path_;
   const std::string host_id_;

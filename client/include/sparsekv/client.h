@@ -31,9 +31,16 @@ struct ClientOptions {
   std::string server = "127.0.0.1:7370";
   // Deadline of every control-plane call.
   int64_t rpc_timeout_ms = 5000;
-  // Data-plane transport: "auto" (shm/CXL when the pool can be mapped, else the daemon's
-  // server-side gather over TCP), "shm", or "tcp".
+  // Data-plane transport:
+  //   "auto"   shm/CXL when the pool can be mapped; else verbs when an RDMA device reaches the
+  //            daemon; else libfabric RMA on a hardware provider; else the server-side gather
+  //            over TCP; else libfabric RMA in software (tcp provider)
+  //   "shm", "verbs", "fabric" (one-sided libfabric RMA), "tcp" (server-side gather): forced.
+  // The choice and its reason are logged and reported to the daemon (sparsekvctl status).
   std::string transport = "auto";
+  // Fabric transport: send every unregistered buffer through the registered staging area even
+  // where the provider does not need local registration (tests of the staging path).
+  bool fabric_force_staging = false;
   // Renew the leases of open regions in the background (turn off only in tests of lease expiry).
   bool renew_leases = true;
   // Threads that copy one FetchBatch: 1 copies on the calling thread only; N adds N-1 helper
@@ -106,6 +113,16 @@ class Client {
   // Fetches every item of a decode batch. All items are validated before any byte is written:
   // on error nothing is reported as fetched, and the message names the failing item.
   absl::Status FetchBatch(absl::Span<const FetchItem> items);
+
+  // Registers a buffer that fetches land in (e.g. the decode server's latent-cache staging
+  // tensor) with every RMA transport of this client, now and later, so one-sided reads write
+  // into it directly. Optional: unregistered buffers work too, through a registered staging
+  // area where the provider needs one. Unregister before freeing the memory.
+  absl::Status RegisterBuffer(void* addr, size_t bytes);
+  absl::Status UnregisterBuffer(void* addr);
+
+  // The data-plane transports in use ("fabric: because ..."), one line each.
+  std::vector<std::string> TransportChoices() const;
 
   const ClientOptions& options() const;
 

@@ -1,7 +1,11 @@
-// The tcp-gather data path (server-side gather over TCP) against the real daemon on loopback.
+// The network data paths against the real daemon on loopback: the server-side gather over TCP
+// ("tcp"), one-sided RMA over libfabric's tcp provider ("fabric"), the same with every
+// unregistered buffer going through the registered staging area ("fabric-staged"), and native
+// verbs where the machine has an RDMA device (see verbs_test.cc).
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <mutex>
 #include <chrono>
 #include <numeric>
 #include <random>
@@ -13,12 +17,36 @@
 using namespace sparsekv;
 using namespace sparsekv::testing;
 
-TEST_CASE("over tcp-gather: writes, appends and fetches are byte-exact across pages and layers", "[tcp]") {
+namespace {
+
+// A client forced onto one network path, and the name its regions report.
+struct NetworkPath {
+  std::string option;
+  bool staged;
+  std::string reported;
+};
+
+NetworkPath PickPath() {
+  return GENERATE(NetworkPath{"tcp", false, "tcp-gather"}, NetworkPath{"fabric", false, "fabric"},
+                  NetworkPath{"fabric", true, "fabric"});
+}
+
+ClientOptions Over(const NetworkPath& p, ClientOptions o = {}) {
+  o.transport = p.option;
+  o.fabric_force_staging = p.staged;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("over the network paths: writes, appends and fetches are byte-exact across pages and layers", "[tcp][fabric]") {
+  const NetworkPath path = PickPath();
+  INFO("transport " << path.option << (path.staged ? " (staged)" : ""));
   DaemonFixture daemon;
-  auto client = daemon.NewClient({.transport = "tcp"});
+  auto client = daemon.NewClient(Over(path));
   auto region = MakePatternRegion(*client, "tcp-a", 4, 656, 2000, 3, false);
   REQUIRE(region.ok());
-  REQUIRE((*region)->transport_name() == "tcp-gather");
+  REQUIRE((*region)->transport_name() == path.reported);
   std::vector<std::byte> step(4 * 656);
   for (int64_t t = 2000; t < 2100; ++t) {
     for (int32_t l = 0; l < 4; ++l) FillEntry(3, l, t, 656, step.data() + l * 656);
@@ -32,7 +60,16 @@ TEST_CASE("over tcp-gather: writes, appends and fetches are byte-exact across pa
   std::vector<int32_t> adjacent(800);
   std::iota(adjacent.begin(), adjacent.end(), 300);
   REQUIRE(VerifyAllLayers(**region, 3, adjacent) == 0);
-  REQUIRE((*region)->Verify().ok());  // every committed byte, read over TCP, matches the seal
+  REQUIRE((*region)->Verify().ok());  // every committed byte, read over the network, matches the seal
+  // Into a registered buffer (used in place, no staging) and out of it again.
+  std::vector<std::byte> registered(random.size() * 656);
+  auto registered_status = client->RegisterBuffer(registered.data(), registered.size());
+  INFO(registered_status.ToString());
+  REQUIRE(registered_status.ok());
+  REQUIRE((*region)->Fetch(2, random, absl::MakeSpan(registered)).ok());
+  REQUIRE(CountWrong(3, 2, random, 656, registered) == 0);
+  REQUIRE(client->UnregisterBuffer(registered.data()).ok());
+  REQUIRE(client->UnregisterBuffer(registered.data()).code() == absl::StatusCode::kNotFound);
 
   // A shm reader and a tcp reader agree.
   auto shm = daemon.client().Open("tcp-a");
@@ -45,9 +82,11 @@ TEST_CASE("over tcp-gather: writes, appends and fetches are byte-exact across pa
   REQUIRE((*region)->Fetch(0, past, absl::MakeSpan(dst)).code() == absl::StatusCode::kOutOfRange);
 }
 
-TEST_CASE("over tcp-gather: batched fetches and 8 concurrent threads are byte-exact", "[tcp][threads]") {
+TEST_CASE("over the network paths: batched fetches and 8 concurrent threads are byte-exact", "[tcp][fabric][threads]") {
+  const NetworkPath path = PickPath();
+  INFO("transport " << path.option << (path.staged ? " (staged)" : ""));
   DaemonFixture daemon({.pool_size = "128MiB"});
-  auto client = daemon.NewClient({.transport = "tcp", .fetch_threads = 2, .fetch_parallel_min_bytes = 1});
+  auto client = daemon.NewClient(Over(path, {.fetch_threads = 2, .fetch_parallel_min_bytes = 1}));
   std::vector<std::shared_ptr<Region>> regions;
   for (int s = 0; s < 4; ++s) {
     auto r = MakePatternRegion(*client, "tb-" + std::to_string(s), 3, 656, 1500, 40 + s, true);
@@ -80,14 +119,18 @@ TEST_CASE("over tcp-gather: batched fetches and 8 concurrent threads are byte-ex
   REQUIRE(wrong == 0);
 }
 
-TEST_CASE("over tcp-gather: a daemon killed mid-fetch gives a clear error within the timeout, never a hang", "[tcp][fault]") {
+TEST_CASE("over the network paths: a daemon killed mid-fetch gives a clear error within the timeout, never a hang", "[tcp][fabric][fault]") {
+  const NetworkPath path = PickPath();
+  INFO("transport " << path.option << (path.staged ? " (staged)" : ""));
   DaemonFixture daemon({.pool_size = "64MiB"});
-  auto client = daemon.NewClient({.rpc_timeout_ms = 1500, .transport = "tcp"});
+  auto client = daemon.NewClient(Over(path, {.rpc_timeout_ms = 1500}));
   auto region = MakePatternRegion(*client, "doomed", 8, 656, 3000, 9, true);
   REQUIRE(region.ok());
   std::atomic<bool> stop{false};
   std::atomic<int64_t> wrong{0}, ok{0}, failed{0};
   std::atomic<int64_t> slowest_failure_ms{0};
+  std::mutex unclear_mu;
+  std::string unclear;
   std::thread reader([&] {
     std::vector<int32_t> idx(2048);
     std::mt19937 rng(1);
@@ -105,6 +148,8 @@ TEST_CASE("over tcp-gather: a daemon killed mid-fetch gives a clear error within
         if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kDeadlineExceeded &&
             st.code() != absl::StatusCode::kFailedPrecondition && st.code() != absl::StatusCode::kNotFound) {
           wrong++;  // an error, but not a clear one
+          std::lock_guard<std::mutex> lock(unclear_mu);
+          unclear = st.ToString();
         }
       }
     }
@@ -116,6 +161,7 @@ TEST_CASE("over tcp-gather: a daemon killed mid-fetch gives a clear error within
   reader.join();
   REQUIRE(ok > 0);
   REQUIRE(failed > 0);
+  INFO("an unclear error: " << unclear);
   REQUIRE(wrong == 0);
   REQUIRE(slowest_failure_ms <= 2500);
 }

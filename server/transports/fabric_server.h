@@ -1,0 +1,53 @@
+// FabricServer: the daemon's libfabric endpoint for one-sided RMA. It opens a fabric domain on
+// the configured provider, registers the whole pool once for remote read and write, and
+// publishes provider, endpoint address, key and addressing mode in every OpenRegion reply.
+// Clients then fi_read/fi_write pool bytes directly; the daemon only drives progress (software
+// providers such as tcp need the target side polled).
+#ifndef SPARSEKV_SERVER_TRANSPORTS_FABRIC_SERVER_H_
+#define SPARSEKV_SERVER_TRANSPORTS_FABRIC_SERVER_H_
+
+#include <rdma/fabric.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "sparsekv/v1/control.pb.h"
+#include "server/pool.h"
+
+namespace sparsekv {
+
+class FabricServer {
+ public:
+  // provider: "auto" (hardware providers first: verbs, efa, cxi; then tcp), or a libfabric
+  // provider name ("tcp", "verbs", "efa", "cxi", "tcp;ofi_rxm", ...). host: the IPv4 address to
+  // bind (the host of [listen] data).
+  static absl::StatusOr<std::unique_ptr<FabricServer>> Start(Pool* pool, const std::string& provider,
+                                                            const std::string& host);
+  ~FabricServer();
+
+  const v1::FabricDescriptor& descriptor() const { return descriptor_; }
+  std::string Describe() const;  // "provider tcp;ofi_rxm at 127.0.0.1:40123, key ..., software RMA"
+
+ private:
+  FabricServer() = default;
+  void ProgressLoop();
+
+  fi_info* info_ = nullptr;
+  fid_fabric* fabric_ = nullptr;
+  fid_domain* domain_ = nullptr;
+  fid_av* av_ = nullptr;
+  fid_cq* cq_ = nullptr;
+  fid_ep* ep_ = nullptr;
+  fid_mr* mr_ = nullptr;
+  v1::FabricDescriptor descriptor_;
+  std::string address_text_;
+  std::atomic<bool> stop_{false};
+  std::thread progress_;
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_SERVER_TRANSPORTS_FABRIC_SERVER_H_
