@@ -1,9 +1,12 @@
 // The client library: control-plane calls, region handles, lease renewal and the fetch path.
 #include "sparsekv/client.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <map>
 #include <chrono>
+#include <random>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -68,6 +71,7 @@ struct Client::Impl {
   std::thread renewer;
   std::atomic<int64_t> lease_ms{10000};  // the shortest lease the daemon has granted us
   std::unique_ptr<WorkerPool> fetch_workers;  // helpers for large batches (fetch_threads > 1)
+  std::string client_id;  // HOST:PID:RANDOM, in reports to the daemon
 
   // Data-plane counters since the last renewal; reported to the daemon for its metrics.
   struct DataCounters {
@@ -395,6 +399,8 @@ void Client::Impl::RenewOnce() {
   for (const auto& s : live) request.add_lease_ids(s->lease_id.load());
   auto* stats = request.mutable_stats();
   stats->set_transport(live.front()->transport->name());
+  stats->set_transport_reason(live.front()->transport->reason());
+  stats->set_client_id(client_id);
   stats->set_fetches(data.fetches.exchange(0));
   stats->set_fetched_entries(data.fetched_entries.exchange(0));
   stats->set_fetched_bytes(data.fetched_bytes.exchange(0));
@@ -487,6 +493,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   }
   auto impl = std::make_shared<Impl>();
   impl->options = options;
+  {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    std::random_device rd;
+    impl->client_id = absl::StrFormat("%s:%d:%08x", host, getpid(), rd());
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);

@@ -63,7 +63,11 @@ grpc::Status ControlService::GetRegion(grpc::ServerContext*, const v1::GetRegion
 }
 grpc::Status ControlService::Stats(grpc::ServerContext*, const v1::StatsRequest*,
                                    v1::StatsResponse* response) {
-  return Serve("Stats", response, [&]() -> absl::StatusOr<v1::StatsResponse> { return table_->Stats(); });
+  return Serve("Stats", response, [&]() -> absl::StatusOr<v1::StatsResponse> {
+    v1::StatsResponse out = table_->Stats();
+    metrics_->FillClientTransports(3 * out.lease_ms(), &out);  // clients report at every renewal
+    return out;
+  });
 }
 grpc::Status ControlService::Evict(grpc::ServerContext*, const v1::EvictRequest* request,
                                    v1::EvictResponse* response) {

@@ -230,6 +230,8 @@ int Run(int argc, char** argv) {
   ControlService service(&table, &metrics);
 
   v1::TransportDescriptor network;
+  std::vector<std::string> data_paths = {
+      absl::StrCat("shm/CXL: ", pool->get()->Describe(), " (clients on this host that can map it)")};
   std::unique_ptr<TcpGatherServer> gather;
   if (!config.data_listen.empty()) {
     auto started_gather = TcpGatherServer::Start(pool->get(), config.data_listen);
@@ -240,6 +242,7 @@ int Run(int argc, char** argv) {
     gather = std::move(*started_gather);
     network.set_gather_host(gather->host());
     network.set_gather_port(gather->port());
+    data_paths.push_back(absl::StrFormat("tcp-gather: server-side gather on %s:%d", gather->host(), gather->port()));
     SKV_LOG_INFO("tcp-gather", "server-side gather for clients that cannot map the pool on %s:%d",
                  gather->host(), gather->port());
   }
@@ -255,9 +258,11 @@ int Run(int argc, char** argv) {
         return 1;
       }
       SKV_LOG_WARN("fabric", "no libfabric RMA endpoint: %s", started_fabric.status().message());
+      data_paths.push_back(absl::StrCat("fabric: off (", started_fabric.status().message(), ")"));
     } else {
       fabric = std::move(*started_fabric);
       *network.mutable_fabric() = fabric->descriptor();
+      data_paths.push_back(absl::StrCat("fabric: ", fabric->Describe()));
       SKV_LOG_INFO("fabric", "one-sided RMA on %s; pool registered once for remote read and write",
                    fabric->Describe());
     }
@@ -272,14 +277,19 @@ int Run(int argc, char** argv) {
         return 1;
       }
       SKV_LOG_INFO("verbs", "native verbs transport off: %s", started_verbs.status().message());
+      data_paths.push_back(absl::StrCat("verbs: off (", started_verbs.status().message(), ")"));
     } else {
       verbs = std::move(*started_verbs);
       *network.mutable_verbs() = verbs->descriptor();
+      data_paths.push_back(absl::StrFormat("verbs: rdmacm on %s:%d, device %s", data_host, verbs->descriptor().port(),
+                                           verbs->descriptor().device()));
       SKV_LOG_INFO("verbs", "rdmacm listener on %s:%d (device %s); pool registered once, rkey 0x%x", data_host,
                    verbs->descriptor().port(), verbs->descriptor().device(), verbs->descriptor().rkey());
     }
   }
-  table.SetNetworkTransports(network);
+  if (config.fabric_provider == "off") data_paths.push_back("fabric: off (transports.fabric_provider = off)");
+  if (config.verbs == "off") data_paths.push_back("verbs: off (transports.verbs = off)");
+  table.SetNetworkTransports(network, data_paths);
 
   std::unique_ptr<RegionJournal> journal;
   if (!config.state_dir.empty()) {

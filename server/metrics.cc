@@ -17,14 +17,38 @@ void Metrics::ObserveRpc(const std::string& method, absl::StatusCode code, doubl
 }
 
 void Metrics::AddClientStats(const v1::ClientDataStats& s) {
-  if (s.fetches() == 0 && s.writes() == 0) return;
   absl::MutexLock lock(&mu_);
+  if (!s.client_id().empty() && !s.transport().empty()) {
+    if (clients_.size() < 4096 || clients_.count(s.client_id()) > 0) {
+      clients_[s.client_id().substr(0, 256)] = {s.transport().substr(0, 64), s.transport_reason().substr(0, 1024),
+                                                std::chrono::steady_clock::now()};
+    }
+  }
+  if (s.fetches() == 0 && s.writes() == 0) return;
   DataCounters& d = data_[s.transport().empty() ? "unknown" : s.transport()];
   d.fetches += std::max<int64_t>(0, s.fetches());
   d.fetched_entries += std::max<int64_t>(0, s.fetched_entries());
   d.fetched_bytes += std::max<int64_t>(0, s.fetched_bytes());
   d.writes += std::max<int64_t>(0, s.writes());
   d.written_bytes += std::max<int64_t>(0, s.written_bytes());
+}
+
+void Metrics::FillClientTransports(int64_t max_age_ms, v1::StatsResponse* out) {
+  absl::MutexLock lock(&mu_);
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = clients_.begin(); it != clients_.end();) {
+    const int64_t age = std::chrono::duration_cast<std::chrono::milliseconds>(now - it->second.seen).count();
+    if (age > max_age_ms) {
+      it = clients_.erase(it);
+      continue;
+    }
+    auto* r = out->add_client_transports();
+    r->set_client_id(it->first);
+    r->set_transport(it->second.transport);
+    r->set_reason(it->second.reason);
+    r->set_last_report_ms_ago(age);
+    ++it;
+  }
 }
 
 std::string Metrics::RenderPrometheus(const v1::StatsResponse& st) const {

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <chrono>
 #include <map>
 #include <string>
 
@@ -27,6 +28,8 @@ class Metrics {
 
   void ObserveRpc(const std::string& method, absl::StatusCode code, double seconds);
   void AddClientStats(const v1::ClientDataStats& stats);
+  // The transports clients reported in the last `max_age_ms`, with their reasons.
+  void FillClientTransports(int64_t max_age_ms, v1::StatsResponse* out);
 
   // The whole exposition, gauges from `stats` plus everything observed so far.
   std::string RenderPrometheus(const v1::StatsResponse& stats) const;
@@ -44,6 +47,11 @@ class Metrics {
   std::map<std::string, Histogram> latency_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, int64_t> errors_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, DataCounters> data_ ABSL_GUARDED_BY(mu_);  // by transport
+  struct ClientReport {
+    std::string transport, reason;
+    std::chrono::steady_clock::time_point seen;
+  };
+  std::map<std::string, ClientReport> clients_ ABSL_GUARDED_BY(mu_);  // by client id
 };
 
 }  // namespace sparsekv

@@ -182,8 +182,9 @@ void RegionTable::ApplyRuntimeConfig(const DaemonConfig& next) {
 
 void RegionTable::SetDraining(bool draining) { draining_.store(draining); }
 
-void RegionTable::SetNetworkTransports(const v1::TransportDescriptor& network) {
+void RegionTable::SetNetworkTransports(const v1::TransportDescriptor& network, std::vector<std::string> paths) {
   absl::MutexLock lock(&mu_);
+  data_paths_ = std::move(paths);
   network_ = network;
   network_.clear_shm();
 }
@@ -708,6 +709,7 @@ v1::StatsResponse RegionTable::Stats() {
   out.set_uptime_ms(std::chrono::duration_cast<std::chrono::milliseconds>(now - started_).count());
   out.set_lease_ms(lease_ms());
   out.set_draining(draining());
+  for (const std::string& path : data_paths_) out.add_data_paths(path);
   return out;
 }
 

@@ -82,7 +82,8 @@ class RegionTable {
   void SetDraining(bool draining);
   // The network data paths every OpenRegion reply offers (tcp-gather, libfabric RMA, verbs);
   // the shm part is filled per reply.
-  void SetNetworkTransports(const v1::TransportDescriptor& network);
+  // `paths` describes every data path offered, for Stats (sparsekvctl status).
+  void SetNetworkTransports(const v1::TransportDescriptor& network, std::vector<std::string> paths);
   bool draining() const;
 
  private:
@@ -150,6 +151,7 @@ class RegionTable {
   DaemonConfig config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<bool> draining_{false};
   v1::TransportDescriptor network_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> data_paths_ ABSL_GUARDED_BY(mu_);
   const std::unique_ptr<EvictionPolicy> policy_;
   const std::string fd_socket_path_;
   const std::string host_id_;

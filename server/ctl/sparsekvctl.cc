@@ -61,6 +61,23 @@ std::string JsonString(const std::string& s) {
   return out + "\"";
 }
 
+template <typename Strings>
+std::string JsonStringArray(const Strings& items) {
+  std::string out = "[";
+  for (const auto& s : items) absl::StrAppend(&out, out.size() > 1 ? "," : "", JsonString(s));
+  return out + "]";
+}
+
+std::string JsonClientTransports(const v1::StatsResponse& st) {
+  std::string out = "[";
+  for (const auto& c : st.client_transports()) {
+    absl::StrAppend(&out, out.size() > 1 ? "," : "", "{\"client_id\":", JsonString(c.client_id()),
+                    ",\"transport\":", JsonString(c.transport()), ",\"reason\":", JsonString(c.reason()),
+                    ",\"last_report_ms_ago\":", c.last_report_ms_ago(), "}");
+  }
+  return out + "]";
+}
+
 std::string Age(int64_t unix_ms) {
   auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
                  std::chrono::system_clock::now().time_since_epoch()).count();
@@ -153,12 +170,13 @@ int Main(int argc, char** argv) {
           "\"used_bytes\":%d,\"free_bytes\":%d,\"quarantined_bytes\":%d,\"page_bytes\":%d,"
           "\"regions\":%d,\"sealed_regions\":%d,\"active_leases\":%d,\"evictions\":%d,"
           "\"evicted_bytes\":%d,\"expired_regions\":%d,\"abandoned_regions\":%d,\"creates\":%d,\"deletes\":%d,"
-          "\"lease_ms\":%d,\"uptime_ms\":%d,\"draining\":%s}\n",
+          "\"lease_ms\":%d,\"uptime_ms\":%d,\"draining\":%s,\"data_paths\":%s,\"client_transports\":%s}\n",
           JsonString(server).c_str(), JsonString(kVersion).c_str(), JsonString(st.backing()).c_str(),
           JsonString(st.backing_detail()).c_str(), st.pool_bytes(), st.used_bytes(), st.free_bytes(),
           st.quarantined_bytes(), st.page_bytes(), st.regions(), st.sealed_regions(),
           st.active_leases(), st.evictions(), st.evicted_bytes(), st.expired_regions(), st.abandoned_regions(),
-          st.creates(), st.deletes(), st.lease_ms(), st.uptime_ms(), st.draining() ? "true" : "false");
+          st.creates(), st.deletes(), st.lease_ms(), st.uptime_ms(), st.draining() ? "true" : "false",
+          JsonStringArray(st.data_paths()).c_str(), JsonClientTransports(st).c_str());
     } else {
       double pct = st.pool_bytes() ? 100.0 * st.used_bytes() / st.pool_bytes() : 0;
       std::printf("server        %s\n", server.c_str());
@@ -174,6 +192,15 @@ int Main(int argc, char** argv) {
       std::printf("operations    %d creates, %d deletes\n", static_cast<int>(st.creates()), static_cast<int>(st.deletes()));
       std::printf("uptime        %.1fs\n", st.uptime_ms() / 1000.0);
       if (st.draining()) std::printf("draining      yes: new regions are refused\n");
+      for (int i = 0; i < st.data_paths_size(); ++i) {
+        std::printf("%s%s\n", i == 0 ? "data paths    " : "              ", st.data_paths(i).c_str());
+      }
+      if (st.client_transports_size() == 0) std::printf("clients       none holding leases\n");
+      for (int i = 0; i < st.client_transports_size(); ++i) {
+        const auto& c = st.client_transports(i);
+        std::printf("%s%s: %s, because %s\n", i == 0 ? "clients       " : "              ", c.client_id().c_str(),
+                    c.transport().c_str(), c.reason().c_str());
+      }
     }
     return 0;
   }

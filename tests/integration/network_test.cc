@@ -175,3 +175,65 @@ TEST_CASE("with the data path disabled a remote-only client gets a clear FAILED_
   // The region was given back, not left behind.
   REQUIRE(daemon.client().Open("nowhere").status().code() == absl::StatusCode::kNotFound);
 }
+
+TEST_CASE("auto picks a transport and says why: in the client and in sparsekvctl status", "[tcp][fabric][ctl]") {
+  DaemonFixture daemon({.lease_ms = 600});
+  auto local = daemon.NewClient({});
+  auto a = local->Create({"pick-a", 1, 656, 10, 0});
+  REQUIRE(a.ok());
+  REQUIRE((*a)->transport_name() == "shm");
+  REQUIRE(local->TransportChoices().size() == 1);
+  REQUIRE(local->TransportChoices()[0].find("shm: the pool can be mapped on this host") == 0);
+  auto remote = daemon.NewClient({.transport = "fabric"});
+  auto b = remote->Open("pick-a");
+  REQUIRE(b.ok());
+  REQUIRE((*b)->transport_name() == "fabric");
+  // Clients report their choice with their lease renewals; status shows it with the offered paths.
+  std::string status;
+  for (int i = 0; i < 50; ++i) {
+    status = daemon.Ctl("status").out;
+    if (status.find("fabric, because forced") != std::string::npos && status.find("shm, because") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  INFO(status);
+  REQUIRE(status.find("shm, because the pool can be mapped on this host") != std::string::npos);
+  REQUIRE(status.find("fabric, because forced by ClientOptions.transport") != std::string::npos);
+  REQUIRE(status.find("tcp-gather: server-side gather on 127.0.0.1:") != std::string::npos);
+  REQUIRE(status.find("fabric: provider tcp;ofi_rxm at 127.0.0.1:") != std::string::npos);
+  REQUIRE(status.find("software RMA") != std::string::npos);
+  REQUIRE(status.find("verbs: ") != std::string::npos);
+  auto json = daemon.Ctl("status --json").out;
+  REQUIRE(json.find("\"client_transports\":[{") != std::string::npos);
+  REQUIRE(json.find("\"data_paths\":[\"shm/CXL: ") != std::string::npos);
+}
+
+TEST_CASE("a transport the daemon does not offer is refused with the reason", "[fabric]") {
+  DaemonFixture daemon({.extra_args = {"--fabric-provider", "off"}});
+  auto client = daemon.NewClient({.transport = "fabric"});
+  auto region = client->Create({"no-fabric", 1, 656, 10, 0});
+  REQUIRE(region.status().code() == absl::StatusCode::kFailedPrecondition);
+  REQUIRE(std::string(region.status().message()).find("the daemon offers no libfabric endpoint") != std::string::npos);
+  auto bogus = daemon.NewClient({.transport = "carrier-pigeon"});
+  REQUIRE(bogus->Create({"no-pigeon", 1, 656, 10, 0}).status().code() == absl::StatusCode::kInvalidArgument);
+  // auto still finds a way: the region was given back by the refused clients, shm works.
+  REQUIRE(daemon.client().Create({"no-fabric", 1, 656, 10, 0}).ok());
+}
+
+TEST_CASE("over the network paths: unknown regions and out-of-range indices get exact codes", "[tcp][fabric]") {
+  const NetworkPath path = PickPath();
+  INFO("transport " << path.option << (path.staged ? " (staged)" : ""));
+  DaemonFixture daemon;
+  auto client = daemon.NewClient(Over(path));
+  REQUIRE(client->Open("never-made").status().code() == absl::StatusCode::kNotFound);
+  auto region = MakePatternRegion(*client, "edges", 2, 656, 300, 4, true);
+  REQUIRE(region.ok());
+  std::vector<std::byte> dst(3 * 656);
+  std::vector<int32_t> past = {0, 299, 300};
+  REQUIRE((*region)->Fetch(0, past, absl::MakeSpan(dst)).code() == absl::StatusCode::kOutOfRange);
+  std::vector<int32_t> negative = {-1};
+  REQUIRE((*region)->Fetch(0, negative, absl::MakeSpan(dst)).code() == absl::StatusCode::kOutOfRange);
+  std::vector<int32_t> fine = {0, 299, 150};
+  REQUIRE((*region)->Fetch(2, fine, absl::MakeSpan(dst)).code() == absl::StatusCode::kOutOfRange);  // layer 2 of 2
+  REQUIRE((*region)->Fetch(1, fine, absl::MakeSpan(dst)).ok());
+  REQUIRE(CountWrong(4, 1, fine, 656, dst) == 0);
+}
