@@ -38,6 +38,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "bench/baselines_redis.h"
 #include "bench/workloads.h"
 #include "client/fetch_planner.h"
@@ -486,7 +487,7 @@ int Main(int argc, char** argv) {
     else if (a == "--reps") reps = std::atoi(value().c_str());
     else if (a == "--quick") quick = true;
     else {
-      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N] [--transport auto|shm|tcp] [--data-connections N] [--redis]\n");
+      std::fprintf(stderr, "usage: sparsekv-bench [--server HOST:PORT] [--memory-budget SIZE] [--only gather|workloads] [--steps N] [--reps N] [--quick] [--backing memfd|memfd-hugetlb|...] [--workloads ctx8k,ctx32k,ctx128k,indexer] [--fetch-threads N] [--transport auto|shm|tcp|fabric|verbs|network|LIST] [--data-connections N] [--redis]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -514,22 +515,31 @@ int Main(int argc, char** argv) {
     }
     server = daemon->address();
   }
-  ClientOptions options;
-  options.server = server;
-  options.rpc_timeout_ms = 60000;
-  options.fetch_threads = g_fetch_threads;
-  options.data_connections = g_data_connections;
-  options.transport = g_transport;
-  auto client = Client::Connect(options);
-  if (!client.ok()) {
-    std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
-    return 1;
-  }
+  // --transport takes a comma-separated list ("network" = every network path: tcp,fabric);
+  // the workloads run once per transport, each with its own client.
+  std::string transports = g_transport == "network" ? std::string("tcp,fabric") : g_transport;
   int rc = 0;
-  if (only.empty() || only == "gather") rc |= RunGather(**client, server, reps, quick);
-  if (only.empty() || only == "workloads") {
-    g_label_threads = g_fetch_threads;
-    rc |= RunWorkloads(**client, budget, steps, quick);
+  bool gathered = false;
+  for (absl::string_view t : absl::StrSplit(transports, ',')) {
+    ClientOptions options;
+    options.server = server;
+    options.rpc_timeout_ms = 60000;
+    options.fetch_threads = g_fetch_threads;
+    options.data_connections = g_data_connections;
+    options.transport = std::string(t);
+    auto client = Client::Connect(options);
+    if (!client.ok()) {
+      std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
+      return 1;
+    }
+    if ((only.empty() || only == "gather") && !gathered) {
+      rc |= RunGather(**client, server, reps, quick);
+      gathered = true;
+    }
+    if (only.empty() || only == "workloads") {
+      g_label_threads = g_fetch_threads;
+      rc |= RunWorkloads(**client, budget, steps, quick);
+    }
   }
   return rc;
 }
