@@ -103,7 +103,9 @@ struct Region::State {
   std::string key;
   uint64_t region_id = 0;
   Geometry geometry;
-  std::shared_ptr<Transport> transport;
+  // Replaced when a reopen finds the daemon's data paths elsewhere (a restarted daemon).
+  std::atomic<std::shared_ptr<Transport>> transport;
+  std::shared_ptr<Transport> CurrentTransport() const { return transport.load(std::memory_order_acquire); }
 
   std::atomic<std::shared_ptr<const PageTable>> table;
   std::atomic<int64_t> committed{0};
@@ -175,6 +177,10 @@ struct Region::State {
           "region '%s' was deleted and created anew (id %d, this handle had %d); open it again",
           key, reply.info().region_id(), region_id));
     }
+    // A restarted daemon may serve its data paths elsewhere: follow them.
+    auto moved = client->TransportFor(reply.transport());
+    if (!moved.ok()) return moved.status();
+    if (*moved != CurrentTransport()) transport.store(*std::move(moved), std::memory_order_release);
     uint64_t old_lease = lease_id.load();
     Adopt(reply, sent);
     v1::ReleaseLeasesRequest release;
@@ -264,7 +270,7 @@ struct Region::State {
     }
     client->data.writes.fetch_add(1, std::memory_order_relaxed);
     client->data.written_bytes.fetch_add(static_cast<int64_t>(entries.size()), std::memory_order_relaxed);
-    return transport->Scatter(entries.data(), geometry.entry_bytes, absl::MakeConstSpan(offsets.data(), n));
+    return CurrentTransport()->Scatter(entries.data(), geometry.entry_bytes, absl::MakeConstSpan(offsets.data(), n));
   }
 };
 
@@ -398,8 +404,9 @@ void Client::Impl::RenewOnce() {
   v1::RenewLeasesRequest request;
   for (const auto& s : live) request.add_lease_ids(s->lease_id.load());
   auto* stats = request.mutable_stats();
-  stats->set_transport(live.front()->transport->name());
-  stats->set_transport_reason(live.front()->transport->reason());
+  const auto reporting = live.front()->CurrentTransport();
+  stats->set_transport(reporting->name());
+  stats->set_transport_reason(reporting->reason());
   stats->set_client_id(client_id);
   stats->set_fetches(data.fetches.exchange(0));
   stats->set_fetched_entries(data.fetched_entries.exchange(0));
@@ -541,7 +548,7 @@ absl::StatusOr<std::shared_ptr<Region::State>> MakeState(const std::shared_ptr<C
   }
   auto transport = impl->TransportFor(reply.transport());
   if (!transport.ok()) return transport.status();
-  state->transport = *std::move(transport);
+  state->transport.store(*std::move(transport), std::memory_order_release);
   state->Adopt(reply, sent_ns);
   return state;
 }
@@ -733,16 +740,16 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
   const int64_t* resolved = offsets.data();
   std::function<void(size_t)> copy_item = [&](size_t i) {
     Region::State& s = *items[i].region->state_;
-    auto st = s.transport->Gather(absl::MakeConstSpan(resolved + starts[i], items[i].indices.size()),
+    auto st = s.CurrentTransport()->Gather(absl::MakeConstSpan(resolved + starts[i], items[i].indices.size()),
                                   s.geometry.entry_bytes, items[i].dst.data());
     if (!st.ok()) {
       absl::MutexLock lock(&error_mu);
       if (error.ok()) error = absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
     }
   };
-  Transport* shared = items.empty() ? nullptr : items[0].region->state_->transport.get();
+  std::shared_ptr<Transport> shared = items.empty() ? nullptr : items[0].region->state_->CurrentTransport();
   for (const FetchItem& item : items) {
-    if (item.region->state_->transport.get() != shared) shared = nullptr;
+    if (shared != nullptr && item.region->state_->CurrentTransport() != shared) shared = nullptr;
   }
   if (shared != nullptr && shared->prefers_batch()) {
     // A network transport keeps the whole batch in flight itself.
@@ -796,7 +803,7 @@ int64_t Region::capacity_tokens() const { return state_->table.load()->capacity_
 int64_t Region::committed_tokens() const { return state_->committed.load(); }
 bool Region::sealed() const { return state_->sealed.load(); }
 absl::Status Region::LeaseStatus() const { return state_->CheckLease(); }
-std::string Region::transport_name() const { return state_->transport->name(); }
+std::string Region::transport_name() const { return state_->CurrentTransport()->name(); }
 
 absl::Status Region::Write(int32_t layer, int64_t first_token, absl::Span<const std::byte> entries) {
   return state_->WriteTokens(layer, first_token, entries);
@@ -898,7 +905,7 @@ absl::Status Region::Fetch(int32_t layer, absl::Span<const int32_t> indices, abs
   std::vector<int64_t>& offsets = OffsetScratch(indices.size());
   auto resolved = absl::MakeSpan(offsets.data(), indices.size());
   if (auto st = s.Resolve(layer, indices, resolved); !st.ok()) return st;
-  if (auto st = s.transport->Gather(resolved, s.geometry.entry_bytes, dst.data()); !st.ok()) return st;
+  if (auto st = s.CurrentTransport()->Gather(resolved, s.geometry.entry_bytes, dst.data()); !st.ok()) return st;
   s.client->CountFetch(1, static_cast<int64_t>(indices.size()), static_cast<int64_t>(need));
   return s.CheckLease();  // the lease must still have held when the copy finished
 }

@@ -155,3 +155,36 @@ TEST_CASE("a memfd daemon with a state dir but without systemd says a restart lo
   daemon.Restart();
   REQUIRE(Has(daemon.Log(), "1 sealed regions of the previous run are lost: the pool memory did not survive"));
 }
+
+TEST_CASE("network-path handles follow a restarted daemon to its new data ports", "[restart][tcp][fabric]") {
+  const std::string path = GENERATE(std::string("tcp"), std::string("fabric"));
+  INFO("transport " << path);
+  TempDir state;
+  DaemonFixture daemon({.pool_size = "64MiB", .lease_ms = 600,
+                        .extra_args = {"--backing", "file:" + state.path() + "/pool", "--state-dir", state.path() + "/state"}});
+  auto keys = Populate(daemon.client(), 3);
+  auto remote = daemon.NewClient({.rpc_timeout_ms = 2000, .transport = path});
+  auto held = remote->Open("seq-1");
+  REQUIRE(held.ok());
+  auto idx = Every(750, 3);  // seq-1 holds 750 tokens
+  std::vector<std::byte> dst(idx.size() * 656);
+  REQUIRE((*held)->Fetch(1, idx, absl::MakeSpan(dst)).ok());
+  daemon.Kill();
+  daemon.Restart();  // same control port; the data ports are ephemeral and change
+  // Fetches fail clearly until the renewer has reopened the region on the new daemon, then work.
+  bool recovered = false;
+  for (int i = 0; i < 60 && !recovered; ++i) {
+    auto st = (*held)->Fetch(1, idx, absl::MakeSpan(dst));
+    if (st.ok()) {
+      recovered = true;
+    } else {
+      INFO(st.ToString());
+      REQUIRE((st.code() == absl::StatusCode::kUnavailable || st.code() == absl::StatusCode::kDeadlineExceeded ||
+               st.code() == absl::StatusCode::kFailedPrecondition));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  INFO(daemon.Log());
+  REQUIRE(recovered);
+  REQUIRE(CountWrong(101, 1, idx, 656, dst) == 0);
+}
