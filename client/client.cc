@@ -27,6 +27,7 @@
 #include "client/worker_pool.h"
 #include "common/geometry.h"
 #include "common/grpc_status.h"
+#include "common/grpc_tls.h"
 #include "sparsekv/region.h"
 #include "sparsekv/v1/control.grpc.pb.h"
 
@@ -72,6 +73,7 @@ struct Client::Impl {
   std::atomic<int64_t> lease_ms{10000};  // the shortest lease the daemon has granted us
   std::unique_ptr<WorkerPool> fetch_workers;  // helpers for large batches (fetch_threads > 1)
   std::string client_id;  // HOST:PID:RANDOM, in reports to the daemon
+  std::string token;      // bearer token sent with every call ("" : none)
 
   // Data-plane counters since the last renewal; reported to the daemon for its metrics.
   struct DataCounters {
@@ -87,6 +89,7 @@ struct Client::Impl {
     auto ctx = std::make_unique<grpc::ClientContext>();
     // Wait out a reconnect (the daemon restarting) within the deadline instead of failing fast.
     ctx->set_wait_for_ready(true);
+    if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
     ctx->set_deadline(std::chrono::system_clock::now() +
                       std::chrono::milliseconds(options.rpc_timeout_ms));
     return ctx;
@@ -513,11 +516,19 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   args.SetServiceConfigJSON(R"({"methodConfig":[{"name":[{"service":"sparsekv.v1.Control"}],
       "retryPolicy":{"maxAttempts":3,"initialBackoff":"0.05s","maxBackoff":"0.5s",
                      "backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]})");
-  impl->channel = grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args);
+  const ControlPlaneSecurity security =
+      WithEnvironment({options.token, options.tls_ca_file, options.tls_cert_file, options.tls_key_file});
+  auto credentials = ChannelCredentialsFor(security);
+  if (!credentials.ok()) return credentials.status();
+  impl->token = security.token;
+  impl->channel = grpc::CreateCustomChannel(options.server, *credentials, args);
   if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() +
                                        std::chrono::milliseconds(options.rpc_timeout_ms))) {
-    return absl::UnavailableError(absl::StrFormat("cannot reach sparsekvd at %s within %d ms",
-                                                  options.server, options.rpc_timeout_ms));
+    return absl::UnavailableError(absl::StrFormat(
+        "cannot reach sparsekvd at %s within %d ms%s", options.server, options.rpc_timeout_ms,
+        security.ca_file.empty() ? " (plaintext; a TLS-only daemon refuses it)"
+                                 : " (TLS: the handshake fails if the daemon's certificate is not signed by the CA given, "
+                                   "or it requires a client certificate this client does not present)"));
   }
   impl->stub = v1::Control::NewStub(impl->channel);
   if (options.fetch_threads > 1) impl->fetch_workers = std::make_unique<WorkerPool>(options.fetch_threads - 1);
@@ -791,6 +802,7 @@ Region::~Region() {
   v1::ReleaseLeasesResponse ignored;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  if (!impl->token.empty()) ctx.AddMetadata("authorization", "Bearer " + impl->token);
   impl->stub->ReleaseLeases(&ctx, request, &ignored);  // best effort: unreleased leases expire
 }
 

@@ -69,6 +69,16 @@ const std::vector<Option>& Options() {
        [](DaemonConfig* c, const std::string& v) { c->unix_socket = v; return absl::OkStatus(); }},
       {"listen.data", "--data-listen", "IPV4:PORT of the tcp-gather data path for clients that cannot map the pool; port 0 picks one; \"\" disables (default 127.0.0.1:0)",
        [](DaemonConfig* c, const std::string& v) { c->data_listen = v; return absl::OkStatus(); }},
+      {"listen.allow_plaintext_remote", "--allow-plaintext-remote", "allow a plaintext (non-TLS) control plane on a non-loopback address (default false)",
+       [](DaemonConfig* c, const std::string& v) { return SetBool("listen.allow_plaintext_remote", v, &c->allow_plaintext_remote); }, true},
+      {"tls.cert_file", "--tls-cert", "PEM certificate chain of the TCP control plane; with tls.key_file the listener speaks TLS only",
+       [](DaemonConfig* c, const std::string& v) { c->tls_cert_file = v; return absl::OkStatus(); }},
+      {"tls.key_file", "--tls-key", "PEM private key for tls.cert_file",
+       [](DaemonConfig* c, const std::string& v) { c->tls_key_file = v; return absl::OkStatus(); }},
+      {"tls.client_ca_file", "--tls-client-ca", "PEM CA bundle: require and verify client certificates (mutual TLS)",
+       [](DaemonConfig* c, const std::string& v) { c->tls_client_ca_file = v; return absl::OkStatus(); }},
+      {"auth.tenants_file", "--tenants-file", "TOML file of tenants, their bearer tokens, quotas and guarantees, and the admin tokens; set: every call needs a token (default: no authentication, one tenant)",
+       [](DaemonConfig* c, const std::string& v) { c->tenants_file = v; return absl::OkStatus(); }},
       {"transports.fabric_provider", "--fabric-provider", "libfabric provider for one-sided RMA: auto (hardware first, then tcp) | tcp | verbs | efa | cxi | any provider name | off (default auto); binds the host of listen.data",
        [](DaemonConfig* c, const std::string& v) { c->fabric_provider = v; return absl::OkStatus(); }},
       {"transports.verbs", "--verbs", "native ibverbs transport (rdmacm listener on the host of listen.data, port chosen by the kernel): auto (when an RDMA device exists) | on (fail without one) | off (default auto)",
@@ -273,6 +283,12 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   if (c.listen.empty() && c.unix_socket == "none") {
     return absl::InvalidArgumentError("listen.tcp and listen.unix are both disabled: no control plane");
   }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("tls.cert_file and tls.key_file go together: set both or neither");
+  }
+  if (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file");
+  }
   if (c.reap_interval_ms * 2 > c.lease_ms) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "leases.reap_interval_ms: %d must be at most half of leases.lease_ms (%d)",
@@ -288,7 +304,10 @@ std::string DescribeConfig(const DaemonConfig& c) {
       "[pool]\n", "size = ", q(c.pool_bytes == 0 ? std::string("auto") : absl::StrCat(c.pool_bytes)), "\n",
       "backing = ", q(c.backing), "\n", "page_size = ", q(absl::StrCat(c.page_bytes)), "\n",
       "prefault = ", c.prefault ? "true" : "false", "\n\n",
-      "[listen]\n", "tcp = ", q(c.listen), "\n", "unix = ", q(c.unix_socket), "\n", "data = ", q(c.data_listen), "\n\n",
+      "[listen]\n", "tcp = ", q(c.listen), "\n", "unix = ", q(c.unix_socket), "\n", "data = ", q(c.data_listen), "\n",
+      "allow_plaintext_remote = ", c.allow_plaintext_remote ? "true" : "false", "\n\n",
+      "[tls]\n", "cert_file = ", q(c.tls_cert_file), "\n", "key_file = ", q(c.tls_key_file), "\n", "client_ca_file = ", q(c.tls_client_ca_file), "\n\n",
+      "[auth]\n", "tenants_file = ", q(c.tenants_file), "\n\n",
       "[transports]\n", "fabric_provider = ", q(c.fabric_provider), "\n", "verbs = ", q(c.verbs), "\n\n",
       "[metrics]\n", "listen = ", q(c.metrics_listen), "\n\n",
       "[runtime]\n", "dir = ", q(c.runtime_dir), "\n", "ready_file = ", q(c.ready_file), "\n", "state_dir = ", q(c.state_dir), "\n\n",

@@ -37,6 +37,13 @@ struct DaemonConfig {
   std::string listen = "127.0.0.1:7370";  // TCP control plane; "" disables
   std::string unix_socket;                // "" : <runtime_dir>/control.sock; "none" disables
   std::string data_listen = "127.0.0.1:0";  // tcp-gather data path (IPV4:PORT); "" disables
+  bool allow_plaintext_remote = false;    // plaintext gRPC on a non-loopback address needs this opt-in
+  // [tls] (the TCP control-plane listener; the Unix socket is protected by its mode)
+  std::string tls_cert_file;              // PEM server certificate chain; set with key: TLS only
+  std::string tls_key_file;
+  std::string tls_client_ca_file;         // set: mutual TLS, client certificates must chain to it
+  // [auth]
+  std::string tenants_file;               // tenants, their bearer tokens and quotas; "" : no auth
   // [transports]
   std::string fabric_provider = "auto";  // libfabric RMA: auto | tcp | verbs | efa | cxi | PROVIDER | off
   std::string verbs = "auto";            // native ibverbs: auto (when a device exists) | on | off

@@ -3,14 +3,61 @@
 #include <chrono>
 
 #include "common/config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "common/grpc_status.h"
 
 namespace sparsekv {
 
+namespace {
+
+// Where a caller's keys live: "TENANT/" for a tenant, "" for the admin (who writes TENANT/KEY)
+// and when authentication is off.
+std::string PrefixOf(const Caller& caller) { return caller.admin ? std::string() : caller.tenant + "/"; }
+
+// A tenant never sees its namespace prefix, in keys or in messages.
+absl::Status Outward(const absl::Status& status, const std::string& prefix) {
+  if (status.ok() || prefix.empty()) return status;
+  return absl::Status(status.code(), absl::StrReplaceAll(status.message(), {{"'" + prefix, "'"}}));
+}
+
+void Outward(v1::RegionInfo* info, const std::string& prefix) {
+  if (!prefix.empty() && absl::StartsWith(info->key(), prefix)) info->set_key(info->key().substr(prefix.size()));
+}
+
+absl::StatusOr<std::string> Inward(const std::string& key, const std::string& prefix) {
+  if (key.empty()) return absl::InvalidArgumentError("region key is empty");
+  return prefix + key;
+}
+
+absl::Status AdminOnly(const Caller& caller, const char* what) {
+  if (caller.admin) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(what, " needs the admin role; tenant '", caller.tenant,
+                                                  "' may manage its own regions only"));
+}
+
+}  // namespace
+
 template <typename Response, typename Handler>
-grpc::Status ControlService::Serve(const char* method, Response* response, Handler&& handler) {
+grpc::Status ControlService::Serve(const char* method, grpc::ServerContext* context, Response* response,
+                                   Handler&& handler) {
   auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Response> result = handler();
+  absl::StatusOr<Response> result;
+  Caller caller{"", true};
+  if (auth_ != nullptr) {
+    std::string header;
+    const auto& metadata = context->client_metadata();
+    if (auto it = metadata.find("authorization"); it != metadata.end()) header.assign(it->second.data(), it->second.size());
+    auto authenticated = auth_->Authenticate(header);
+    if (authenticated.ok()) caller = *authenticated;
+    else result = authenticated.status();
+  }
+  if (result.status().code() != absl::StatusCode::kUnauthenticated) {
+    const std::string prefix = PrefixOf(caller);
+    result = handler(caller, prefix);
+    if (!result.ok()) result = Outward(result.status(), prefix);
+  }
   absl::Status status = result.status();
   if (result.ok()) *response = *std::move(result);
   metrics_->ObserveRpc(method, status.code(),
@@ -18,85 +65,129 @@ grpc::Status ControlService::Serve(const char* method, Response* response, Handl
   return ToGrpcStatus(status);
 }
 
-grpc::Status ControlService::CreateRegion(grpc::ServerContext*, const v1::CreateRegionRequest* request,
+// Rewrites request.key into the caller's namespace, runs `call`, and maps the reply's key back.
+#define SKV_KEYED(Request, call, fix_reply)                                       \
+  [&](const Caller& caller, const std::string& prefix) -> decltype(call(*request)) { \
+    auto key = Inward(request->key(), prefix);                                     \
+    if (!key.ok()) return key.status();                                            \
+    Request scoped = *request;                                                     \
+    scoped.set_key(*key);                                                          \
+    auto reply = call(scoped);                                                     \
+    if (reply.ok()) fix_reply;                                                     \
+    return reply;                                                                  \
+  }
+
+grpc::Status ControlService::CreateRegion(grpc::ServerContext* ctx, const v1::CreateRegionRequest* request,
                                           v1::OpenRegionResponse* response) {
-  return Serve("CreateRegion", response, [&] { return table_->Create(*request); });
+  auto call = [&](const v1::CreateRegionRequest& r) { return table_->Create(r); };
+  return Serve("CreateRegion", ctx, response,
+               SKV_KEYED(v1::CreateRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }
-grpc::Status ControlService::OpenRegion(grpc::ServerContext*, const v1::OpenRegionRequest* request,
+grpc::Status ControlService::OpenRegion(grpc::ServerContext* ctx, const v1::OpenRegionRequest* request,
                                         v1::OpenRegionResponse* response) {
-  return Serve("OpenRegion", response, [&] { return table_->Open(*request); });
+  auto call = [&](const v1::OpenRegionRequest& r) { return table_->Open(r); };
+  return Serve("OpenRegion", ctx, response,
+               SKV_KEYED(v1::OpenRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }
-grpc::Status ControlService::ExtendRegion(grpc::ServerContext*, const v1::ExtendRegionRequest* request,
+grpc::Status ControlService::ExtendRegion(grpc::ServerContext* ctx, const v1::ExtendRegionRequest* request,
                                           v1::ExtendRegionResponse* response) {
-  return Serve("ExtendRegion", response, [&] { return table_->Extend(*request); });
+  auto call = [&](const v1::ExtendRegionRequest& r) { return table_->Extend(r); };
+  return Serve("ExtendRegion", ctx, response,
+               SKV_KEYED(v1::ExtendRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }
-grpc::Status ControlService::CommitRegion(grpc::ServerContext*, const v1::CommitRegionRequest* request,
+grpc::Status ControlService::CommitRegion(grpc::ServerContext* ctx, const v1::CommitRegionRequest* request,
                                           v1::CommitRegionResponse* response) {
-  return Serve("CommitRegion", response, [&] { return table_->Commit(*request); });
+  auto call = [&](const v1::CommitRegionRequest& r) { return table_->Commit(r); };
+  return Serve("CommitRegion", ctx, response,
+               SKV_KEYED(v1::CommitRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }
-grpc::Status ControlService::RenewLeases(grpc::ServerContext*, const v1::RenewLeasesRequest* request,
+grpc::Status ControlService::RenewLeases(grpc::ServerContext* ctx, const v1::RenewLeasesRequest* request,
                                          v1::RenewLeasesResponse* response) {
-  return Serve("RenewLeases", response, [&] {
-    auto renewed = table_->Renew(*request);
-    if (renewed.ok()) metrics_->AddClientStats(request->stats());
+  return Serve("RenewLeases", ctx, response, [&](const Caller& caller, const std::string& prefix) {
+    auto renewed = table_->Renew(*request, prefix);
+    if (renewed.ok()) {
+      v1::ClientDataStats stats = request->stats();
+      if (!caller.admin) stats.set_client_id(absl::StrCat(caller.tenant, "/", stats.client_id()));
+      metrics_->AddClientStats(stats);
+    }
     return renewed;
   });
 }
-grpc::Status ControlService::ReleaseLeases(grpc::ServerContext*, const v1::ReleaseLeasesRequest* request,
+grpc::Status ControlService::ReleaseLeases(grpc::ServerContext* ctx, const v1::ReleaseLeasesRequest* request,
                                            v1::ReleaseLeasesResponse* response) {
-  return Serve("ReleaseLeases", response, [&]() -> absl::StatusOr<v1::ReleaseLeasesResponse> {
-    if (auto s = table_->Release(*request); !s.ok()) return s;
-    return v1::ReleaseLeasesResponse();
-  });
+  return Serve("ReleaseLeases", ctx, response,
+               [&](const Caller&, const std::string& prefix) -> absl::StatusOr<v1::ReleaseLeasesResponse> {
+                 if (auto s = table_->Release(*request, prefix); !s.ok()) return s;
+                 return v1::ReleaseLeasesResponse();
+               });
 }
-grpc::Status ControlService::DeleteRegion(grpc::ServerContext*, const v1::DeleteRegionRequest* request,
+grpc::Status ControlService::DeleteRegion(grpc::ServerContext* ctx, const v1::DeleteRegionRequest* request,
                                           v1::DeleteRegionResponse* response) {
-  return Serve("DeleteRegion", response, [&] { return table_->Delete(*request); });
+  auto call = [&](const v1::DeleteRegionRequest& r) { return table_->Delete(r); };
+  return Serve("DeleteRegion", ctx, response, SKV_KEYED(v1::DeleteRegionRequest, call, (void)0));
 }
-grpc::Status ControlService::ListRegions(grpc::ServerContext*, const v1::ListRegionsRequest* request,
+grpc::Status ControlService::ListRegions(grpc::ServerContext* ctx, const v1::ListRegionsRequest* request,
                                          v1::ListRegionsResponse* response) {
-  return Serve("ListRegions", response, [&] { return table_->List(*request); });
+  return Serve("ListRegions", ctx, response,
+               [&](const Caller&, const std::string& prefix) -> absl::StatusOr<v1::ListRegionsResponse> {
+                 v1::ListRegionsRequest scoped = *request;
+                 scoped.set_key_prefix(prefix + request->key_prefix());
+                 auto listed = table_->List(scoped);
+                 if (listed.ok()) {
+                   for (auto& info : *listed->mutable_regions()) Outward(&info, prefix);
+                 }
+                 return listed;
+               });
 }
-grpc::Status ControlService::GetRegion(grpc::ServerContext*, const v1::GetRegionRequest* request,
+grpc::Status ControlService::GetRegion(grpc::ServerContext* ctx, const v1::GetRegionRequest* request,
                                        v1::RegionInfo* response) {
-  return Serve("GetRegion", response, [&] { return table_->Get(*request); });
+  auto call = [&](const v1::GetRegionRequest& r) { return table_->Get(r); };
+  return Serve("GetRegion", ctx, response, SKV_KEYED(v1::GetRegionRequest, call, Outward(&*reply, prefix)));
 }
-grpc::Status ControlService::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+grpc::Status ControlService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest*,
                                    v1::StatsResponse* response) {
-  return Serve("Stats", response, [&]() -> absl::StatusOr<v1::StatsResponse> {
+  return Serve("Stats", ctx, response, [&](const Caller& caller, const std::string&) -> absl::StatusOr<v1::StatsResponse> {
+    if (auto s = AdminOnly(caller, "Stats (pool-wide figures)"); !s.ok()) return s;
     v1::StatsResponse out = table_->Stats();
     metrics_->FillClientTransports(3 * out.lease_ms(), &out);  // clients report at every renewal
     return out;
   });
 }
-grpc::Status ControlService::Evict(grpc::ServerContext*, const v1::EvictRequest* request,
+grpc::Status ControlService::Evict(grpc::ServerContext* ctx, const v1::EvictRequest* request,
                                    v1::EvictResponse* response) {
-  return Serve("Evict", response, [&] { return table_->Evict(*request); });
+  return Serve("Evict", ctx, response, [&](const Caller& caller, const std::string&) -> absl::StatusOr<v1::EvictResponse> {
+    if (auto s = AdminOnly(caller, "Evict"); !s.ok()) return s;
+    return table_->Evict(*request);
+  });
 }
-grpc::Status ControlService::VerifyRegion(grpc::ServerContext*, const v1::VerifyRegionRequest* request,
+grpc::Status ControlService::VerifyRegion(grpc::ServerContext* ctx, const v1::VerifyRegionRequest* request,
                                           v1::VerifyRegionResponse* response) {
-  return Serve("VerifyRegion", response, [&] { return table_->Verify(*request); });
+  auto call = [&](const v1::VerifyRegionRequest& r) { return table_->Verify(r); };
+  return Serve("VerifyRegion", ctx, response, SKV_KEYED(v1::VerifyRegionRequest, call, (void)0));
 }
-grpc::Status ControlService::Drain(grpc::ServerContext*, const v1::DrainRequest* request,
+grpc::Status ControlService::Drain(grpc::ServerContext* ctx, const v1::DrainRequest* request,
                                    v1::DrainResponse* response) {
-  return Serve("Drain", response, [&]() -> absl::StatusOr<v1::DrainResponse> {
+  return Serve("Drain", ctx, response, [&](const Caller& caller, const std::string&) -> absl::StatusOr<v1::DrainResponse> {
+    if (auto s = AdminOnly(caller, "Drain"); !s.ok()) return s;
     table_->SetDraining(request->enable());
     v1::DrainResponse out;
     out.set_draining(table_->draining());
     return out;
   });
 }
-grpc::Status ControlService::GetConfig(grpc::ServerContext*, const v1::GetConfigRequest*,
+grpc::Status ControlService::GetConfig(grpc::ServerContext* ctx, const v1::GetConfigRequest*,
                                        v1::GetConfigResponse* response) {
-  return Serve("GetConfig", response, [&]() -> absl::StatusOr<v1::GetConfigResponse> {
+  return Serve("GetConfig", ctx, response, [&](const Caller& caller, const std::string&) -> absl::StatusOr<v1::GetConfigResponse> {
+    if (auto s = AdminOnly(caller, "GetConfig"); !s.ok()) return s;
     v1::GetConfigResponse out;
     out.set_toml(DescribeConfig(table_->config()));
     return out;
   });
 }
-grpc::Status ControlService::GetMetrics(grpc::ServerContext*, const v1::GetMetricsRequest*,
+grpc::Status ControlService::GetMetrics(grpc::ServerContext* ctx, const v1::GetMetricsRequest*,
                                         v1::GetMetricsResponse* response) {
-  return Serve("GetMetrics", response, [&]() -> absl::StatusOr<v1::GetMetricsResponse> {
+  return Serve("GetMetrics", ctx, response, [&](const Caller& caller, const std::string&) -> absl::StatusOr<v1::GetMetricsResponse> {
+    if (auto s = AdminOnly(caller, "GetMetrics"); !s.ok()) return s;
     v1::GetMetricsResponse out;
     out.set_prometheus_text(metrics_->RenderPrometheus(table_->Stats()));
     return out;

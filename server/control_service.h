@@ -1,8 +1,11 @@
-// ControlService is the gRPC face of the RegionTable: it converts requests and statuses at the
-// edge, times every call for Metrics, and nothing else, so every rule lives in the table.
+// ControlService is the gRPC face of the RegionTable: it authenticates the caller (bearer token ->
+// tenant or admin, server/auth.h), maps a tenant's keys into its namespace (TENANT/KEY) and back,
+// converts requests and statuses at the edge and times every call for Metrics; every other rule
+// lives in the table.
 #ifndef SPARSEKV_SERVER_CONTROL_SERVICE_H_
 #define SPARSEKV_SERVER_CONTROL_SERVICE_H_
 
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "server/region_table.h"
 #include "sparsekv/v1/control.grpc.pb.h"
@@ -11,7 +14,9 @@ namespace sparsekv {
 
 class ControlService final : public v1::Control::Service {
  public:
-  ControlService(RegionTable* table, Metrics* metrics) : table_(table), metrics_(metrics) {}
+  // `auth` null: no authentication, every caller is the admin of one implicit tenant.
+  ControlService(RegionTable* table, Metrics* metrics, const TenantDirectory* auth = nullptr)
+      : table_(table), metrics_(metrics), auth_(auth) {}
 
   grpc::Status CreateRegion(grpc::ServerContext*, const v1::CreateRegionRequest* request,
                             v1::OpenRegionResponse* response) override;
@@ -47,10 +52,11 @@ class ControlService final : public v1::Control::Service {
  private:
   // Runs `handler`, stores its result in *response, records latency and status.
   template <typename Response, typename Handler>
-  grpc::Status Serve(const char* method, Response* response, Handler&& handler);
+  grpc::Status Serve(const char* method, grpc::ServerContext* context, Response* response, Handler&& handler);
 
   RegionTable* table_;
   Metrics* metrics_;
+  const TenantDirectory* auth_;
 };
 
 }  // namespace sparsekv

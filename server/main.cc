@@ -11,7 +11,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <optional>
+#include <sstream>
 #include <mutex>
 #include <thread>
 
@@ -25,6 +28,7 @@
 #include "common/log.h"
 #include "common/size_parse.h"
 #include "common/version.h"
+#include "server/auth.h"
 #include "server/control_service.h"
 #include "server/eviction.h"
 #include "server/journal.h"
@@ -106,6 +110,49 @@ absl::Status WriteReadyFile(const std::string& path, int port, const std::string
     return absl::FailedPreconditionError(absl::StrCat("cannot rename ready file to ", path));
   }
   return absl::OkStatus();
+}
+
+// TLS (optionally mutual) from [tls], else plaintext, which a non-loopback address must opt into.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ControlPlaneCredentials(const DaemonConfig& config) {
+  auto read = [](const std::string& path, const char* key) -> absl::StatusOr<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrFormat("%s '%s': %s", key, path, std::strerror(errno)));
+    std::stringstream text;
+    text << in.rdbuf();
+    if (text.str().find("-----BEGIN") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s '%s' is not PEM", key, path));
+    }
+    return text.str();
+  };
+  if (config.tls_cert_file.empty()) {
+    const std::string host = config.listen.substr(0, config.listen.rfind(':'));
+    const bool loopback = host == "localhost" || host.rfind("127.", 0) == 0 || host == "[::1]";
+    if (!loopback && !config.allow_plaintext_remote) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "listen.tcp = %s is not loopback and no TLS is configured: set tls.cert_file and tls.key_file, or "
+          "listen.allow_plaintext_remote = true (--allow-plaintext-remote) on a network you trust", config.listen));
+    }
+    if (!loopback) {
+      SKV_LOG_WARN(kLog, "PLAINTEXT control plane on %s (listen.allow_plaintext_remote): tokens and region keys "
+                   "cross the network unencrypted", config.listen);
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  auto cert = read(config.tls_cert_file, "tls.cert_file");
+  if (!cert.ok()) return cert.status();
+  auto key = read(config.tls_key_file, "tls.key_file");
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!config.tls_client_ca_file.empty()) {
+    auto ca = read(config.tls_client_ca_file, "tls.client_ca_file");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  SKV_LOG_INFO(kLog, "control plane over TLS%s on %s",
+               config.tls_client_ca_file.empty() ? "" : " with client certificates (mutual TLS)", config.listen);
+  return grpc::SslServerCredentials(options);
 }
 
 int Run(int argc, char** argv) {
@@ -227,7 +274,19 @@ int Run(int argc, char** argv) {
   }
   RegionTable table(pool->get(), config, std::move(*policy), shm ? shm->socket_path() : "");
   Metrics metrics;
-  ControlService service(&table, &metrics);
+  std::optional<TenantDirectory> tenants;
+  if (!config.tenants_file.empty()) {
+    auto loaded = TenantDirectory::Load(config.tenants_file);
+    if (!loaded.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", loaded.status().message());
+      return 1;
+    }
+    tenants = *std::move(loaded);
+    table.SetTenants(tenants->tenants());
+    SKV_LOG_INFO("auth", "bearer tokens required: %d tenants, %d tokens from %s", tenants->tenants().size(),
+                 tenants->token_count(), config.tenants_file);
+  }
+  ControlService service(&table, &metrics, tenants ? &*tenants : nullptr);
 
   v1::TransportDescriptor network;
   std::vector<std::string> data_paths = {
@@ -338,7 +397,12 @@ int Run(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int tcp_port = 0;
   if (!config.listen.empty()) {
-    builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &tcp_port);
+    auto credentials = ControlPlaneCredentials(config);
+    if (!credentials.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", credentials.status().message());
+      return 1;
+    }
+    builder.AddListeningPort(config.listen, *credentials, &tcp_port);
   }
   std::string unix_target;
   if (config.unix_socket != "none") {

@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "common/checksum.h"
 #include "common/host_id.h"
@@ -242,12 +243,33 @@ std::vector<EvictionCandidate> RegionTable::EvictionCandidatesLocked(Clock::time
 }
 
 absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_what,
-                                         Clock::time_point now) {
+                                         Clock::time_point now, const std::string& tenant) {
   allocator_.ReclaimExpired(now);
   int64_t free_pages = allocator_.free_pages();
   if (free_pages >= pages) return absl::OkStatus();
 
   std::vector<EvictionCandidate> candidates = EvictionCandidatesLocked(now);
+  if (tenants_enabled_) {
+    // The tenant that needs the memory gives first; others only down to their guarantees.
+    std::vector<EvictionCandidate> own, others;
+    std::map<std::string, int64_t> holds;
+    for (auto& c : candidates) {
+      const std::string t = TenantOfLocked(c.key);
+      if (t == tenant) {
+        own.push_back(c);
+        continue;
+      }
+      if (!holds.contains(t)) holds[t] = UsageOfLocked(t).bytes;
+      auto policy = tenants_.find(t);
+      const int64_t guarantee = policy == tenants_.end() ? 0 : policy->second.guarantee_bytes;
+      if (holds[t] - c.pages * page_bytes_ >= guarantee) {
+        holds[t] -= c.pages * page_bytes_;
+        others.push_back(c);
+      }
+    }
+    own.insert(own.end(), others.begin(), others.end());
+    candidates = std::move(own);
+  }
   int64_t evictable = 0;
   for (const auto& candidate : candidates) evictable += candidate.pages;
   if (free_pages + evictable < pages) {
@@ -282,7 +304,19 @@ absl::Status RegionTable::GrowLocked(Region* region, int64_t tokens, Clock::time
   int64_t want = g.PagesPerLayer(tokens);
   if (want <= have) return absl::OkStatus();
   int64_t needed = (want - have) * g.layers;
-  if (auto s = MakeRoomLocked(needed, absl::StrFormat("region '%s'", region->key), now); !s.ok()) {
+  const std::string tenant = TenantOfLocked(region->key);
+  if (tenants_enabled_) {
+    auto policy = tenants_.find(tenant);
+    if (policy != tenants_.end() && policy->second.quota_bytes > 0) {
+      const int64_t holds = UsageOfLocked(tenant).bytes;
+      if (holds + needed * page_bytes_ > policy->second.quota_bytes) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "region '%s': tenant '%s' quota exceeded: it holds %s, this needs %s more, its quota is %s", region->key,
+            tenant, FormatBytes(holds), FormatBytes(needed * page_bytes_), FormatBytes(policy->second.quota_bytes)));
+      }
+    }
+  }
+  if (auto s = MakeRoomLocked(needed, absl::StrFormat("region '%s'", region->key), now, tenant); !s.ok()) {
     return s;
   }
   std::vector<uint32_t> fresh;
@@ -417,6 +451,16 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
   if (static_cast<int64_t>(regions_.size()) >= lim.max_regions) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "region '%s': the daemon already holds the maximum of %d regions", req.key(), lim.max_regions));
+  }
+  if (tenants_enabled_) {
+    const std::string tenant = TenantOfLocked(req.key());
+    auto policy = tenants_.find(tenant);
+    if (policy != tenants_.end() && policy->second.max_regions > 0 &&
+        UsageOfLocked(tenant).regions >= policy->second.max_regions) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "region '%s': tenant '%s' already holds its limit of %d regions", req.key(), tenant,
+          policy->second.max_regions));
+    }
   }
   auto region = std::make_unique<Region>();
   region->id = next_region_id_++;
@@ -567,7 +611,41 @@ absl::StatusOr<v1::VerifyRegionResponse> RegionTable::Verify(const v1::VerifyReg
   return out;
 }
 
-absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeasesRequest& req) {
+void RegionTable::SetTenants(std::map<std::string, TenantPolicy> policies) {
+  absl::MutexLock lock(&mu_);
+  tenants_enabled_ = true;
+  tenants_ = std::move(policies);
+}
+
+std::string RegionTable::TenantOfLocked(const std::string& key) const {
+  if (!tenants_enabled_) return "";
+  return key.substr(0, key.find('/'));
+}
+
+RegionTable::TenantUsage RegionTable::UsageOfLocked(const std::string& tenant) const {
+  TenantUsage u;
+  for (const auto& [key, region] : regions_) {
+    if (TenantOfLocked(key) != tenant) continue;
+    u.bytes += region->page_count() * page_bytes_;
+    u.regions++;
+  }
+  return u;
+}
+
+std::map<std::string, RegionTable::TenantUsage> RegionTable::UsageByTenant() {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, TenantUsage> out;
+  for (const auto& [name, policy] : tenants_) out[name];
+  for (const auto& [key, region] : regions_) {
+    TenantUsage& u = out[TenantOfLocked(key)];
+    u.bytes += region->page_count() * page_bytes_;
+    u.regions++;
+  }
+  return out;
+}
+
+absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeasesRequest& req,
+                                                           const std::string& key_prefix) {
   if (auto s = CheckLeaseIdCount(req.lease_ids_size()); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto now = Clock::now();
@@ -576,6 +654,10 @@ absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeases
     auto* state = out.add_leases();
     state->set_lease_id(id);
     auto owner = lease_owner_.find(id);
+    if (owner != lease_owner_.end() && !absl::StartsWith(owner->second->key, key_prefix)) {
+      state->set_reason(absl::StrFormat("lease %d is unknown or has expired", id));  // another tenant's
+      continue;
+    }
     if (owner == lease_owner_.end()) {
       auto why = revoked_.find(id);
       state->set_reason(why != revoked_.end() ? why->second.first
@@ -603,12 +685,13 @@ absl::StatusOr<v1::RenewLeasesResponse> RegionTable::Renew(const v1::RenewLeases
   return out;
 }
 
-absl::Status RegionTable::Release(const v1::ReleaseLeasesRequest& req) {
+absl::Status RegionTable::Release(const v1::ReleaseLeasesRequest& req, const std::string& key_prefix) {
   if (auto s = CheckLeaseIdCount(req.lease_ids_size()); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   for (uint64_t id : req.lease_ids()) {
     auto owner = lease_owner_.find(id);
     if (owner == lease_owner_.end()) continue;  // already gone: releasing is idempotent
+    if (!absl::StartsWith(owner->second->key, key_prefix)) continue;  // another tenant's: ignored
     owner->second->leases.erase(id);
     lease_owner_.erase(owner);
   }

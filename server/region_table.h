@@ -33,6 +33,7 @@
 #include "server/journal.h"
 #include "server/page_allocator.h"
 #include "server/pool.h"
+#include "server/auth.h"
 #include "sparsekv/v1/control.pb.h"
 
 namespace sparsekv {
@@ -49,8 +50,20 @@ class RegionTable {
   absl::StatusOr<v1::OpenRegionResponse> Open(const v1::OpenRegionRequest& request);
   absl::StatusOr<v1::ExtendRegionResponse> Extend(const v1::ExtendRegionRequest& request);
   absl::StatusOr<v1::CommitRegionResponse> Commit(const v1::CommitRegionRequest& request);
-  absl::StatusOr<v1::RenewLeasesResponse> Renew(const v1::RenewLeasesRequest& request);
-  absl::Status Release(const v1::ReleaseLeasesRequest& request);
+  // `key_prefix` ("TENANT/", or "" for the admin and without tenants): leases of regions outside
+  // it are treated as unknown, so a tenant cannot renew or release another tenant's leases.
+  absl::StatusOr<v1::RenewLeasesResponse> Renew(const v1::RenewLeasesRequest& request,
+                                                const std::string& key_prefix = "");
+  absl::Status Release(const v1::ReleaseLeasesRequest& request, const std::string& key_prefix = "");
+
+  // Tenants (server/auth.h): region keys are then TENANT/KEY; each tenant's quota and region
+  // count are enforced at create and extend (RESOURCE_EXHAUSTED), and making room evicts the
+  // requesting tenant's own regions first, other tenants' only down to their guarantees.
+  void SetTenants(std::map<std::string, TenantPolicy> policies);
+  struct TenantUsage {
+    int64_t bytes = 0, regions = 0;
+  };
+  std::map<std::string, TenantUsage> UsageByTenant();
   absl::StatusOr<v1::DeleteRegionResponse> Delete(const v1::DeleteRegionRequest& request);
   absl::StatusOr<v1::ListRegionsResponse> List(const v1::ListRegionsRequest& request);
   absl::StatusOr<v1::RegionInfo> Get(const v1::GetRegionRequest& request);
@@ -121,7 +134,8 @@ class RegionTable {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Region*> FindLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees enough pages for `pages`, evicting sealed unleased regions if needed (all or nothing).
-  absl::Status MakeRoomLocked(int64_t pages, const std::string& for_what, Clock::time_point now)
+  absl::Status MakeRoomLocked(int64_t pages, const std::string& for_what, Clock::time_point now,
+                              const std::string& tenant = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Grows every layer's page list to hold `tokens`.
   absl::Status GrowLocked(Region* region, int64_t tokens, Clock::time_point now)
@@ -151,6 +165,10 @@ class RegionTable {
   DaemonConfig config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<bool> draining_{false};
   v1::TransportDescriptor network_ ABSL_GUARDED_BY(mu_);
+  bool tenants_enabled_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, TenantPolicy> tenants_ ABSL_GUARDED_BY(mu_);
+  std::string TenantOfLocked(const std::string& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  TenantUsage UsageOfLocked(const std::string& tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> data_paths_ ABSL_GUARDED_BY(mu_);
   const std::unique_ptr<EvictionPolicy> policy_;
   const std::string fd_socket_path_;

@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_status.h"
+#include "common/grpc_tls.h"
 #include "common/size_parse.h"
 #include "common/version.h"
 #include "sparsekv/v1/control.grpc.pb.h"
@@ -31,7 +32,8 @@ namespace {
 constexpr int kExitRefused = 1, kExitUsage = 2, kExitUnreachable = 3;
 
 constexpr char kUsage[] =
-    "usage: sparsekvctl [--server HOST:PORT|unix:PATH] [--json] [--timeout-ms N] COMMAND\n"
+    "usage: sparsekvctl [--server HOST:PORT|unix:PATH] [--json] [--timeout-ms N]\n"
+    "                   [--token T] [--tls-ca PEM] [--tls-cert PEM --tls-key PEM] COMMAND\n"
     "\n"
     "commands:\n"
     "  status              pool size, used, free, regions, leases, evictions, backing\n"
@@ -46,7 +48,9 @@ constexpr char kUsage[] =
     "  metrics             the Prometheus metrics the daemon exports\n"
     "  tenants             tenants and the memory each holds\n"
     "\n"
-    "--server defaults to $SPARSEKV_SERVER, else 127.0.0.1:7370.\n"
+    "--server defaults to $SPARSEKV_SERVER, else 127.0.0.1:7370. --token (an admin token sees every\n"
+    "tenant; region keys are then TENANT/KEY), --tls-ca, --tls-cert and --tls-key default to\n"
+    "$SPARSEKV_TOKEN, $SPARSEKV_TLS_CA, $SPARSEKV_TLS_CERT and $SPARSEKV_TLS_KEY.\n"
     "exit codes: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable.\n";
 
 std::string JsonString(const std::string& s) {
@@ -124,6 +128,7 @@ int Main(int argc, char** argv) {
   std::string server = getenv("SPARSEKV_SERVER") ? getenv("SPARSEKV_SERVER") : "127.0.0.1:7370";
   bool json = false;
   int64_t timeout_ms = 5000;
+  ControlPlaneSecurity security;
   std::vector<std::string> rest;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -135,10 +140,15 @@ int Main(int argc, char** argv) {
       return 0;
     } else if (a == "--json") {
       json = true;
-    } else if (a == "--server" || a == "--timeout-ms") {
+    } else if (a == "--server" || a == "--timeout-ms" || a == "--token" || a == "--tls-ca" || a == "--tls-cert" ||
+               a == "--tls-key") {
       if (i + 1 >= argc) return Usage(a + " needs a value");
       std::string v = argv[++i];
       if (a == "--server") server = v;
+      else if (a == "--token") security.token = v;
+      else if (a == "--tls-ca") security.ca_file = v;
+      else if (a == "--tls-cert") security.cert_file = v;
+      else if (a == "--tls-key") security.key_file = v;
       else if (!absl::SimpleAtoi(v, &timeout_ms) || timeout_ms <= 0) return Usage("--timeout-ms needs a positive number");
     } else if (a.rfind("--server=", 0) == 0) {
       server = a.substr(9);
@@ -151,10 +161,14 @@ int Main(int argc, char** argv) {
 
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), channel_args);
+  security = WithEnvironment(security);
+  auto credentials = ChannelCredentialsFor(security);
+  if (!credentials.ok()) return Usage(std::string(credentials.status().message()));
+  auto channel = grpc::CreateCustomChannel(server, *credentials, channel_args);
   auto stub = v1::Control::NewStub(channel);
   auto context = [&] {
     auto ctx = std::make_unique<grpc::ClientContext>();
+    if (!security.token.empty()) ctx->AddMetadata("authorization", "Bearer " + security.token);
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
     return ctx;
   };

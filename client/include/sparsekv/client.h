@@ -47,6 +47,14 @@ struct ClientOptions {
   // threads owned by the Client, used for batches of at least fetch_parallel_min_bytes.
   int32_t fetch_threads = 1;
   int64_t fetch_parallel_min_bytes = int64_t{4} << 20;
+  // Control-plane security (empty: from SPARSEKV_TOKEN, SPARSEKV_TLS_CA, SPARSEKV_TLS_CERT,
+  // SPARSEKV_TLS_KEY). token: the tenant's bearer token, sent with every call. tls_ca_file: PEM CA
+  // of the daemon's certificate (turns TLS on); tls_cert_file/tls_key_file: client certificate
+  // for mutual TLS.
+  std::string token;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
   // Network transports: connections one batch is spread over.
   int32_t data_connections = 4;
 };
