@@ -67,6 +67,11 @@ std::string Metrics::RenderPrometheus(const v1::StatsResponse& st) const {
   gauge("sparsekv_regions", "Live regions.", tenant, st.regions());
   gauge("sparsekv_sealed_regions", "Live sealed regions.", tenant, st.sealed_regions());
   gauge("sparsekv_leases", "Unexpired leases.", tenant, st.active_leases());
+  for (const auto& t : st.tenants()) {
+    const std::string label = absl::StrFormat("{tenant=\"%s\"}", t.name());
+    absl::StrAppendFormat(&out, "sparsekv_tenant_used_bytes%s %d\nsparsekv_tenant_regions%s %d\nsparsekv_tenant_quota_bytes%s %d\n",
+                          label, t.used_bytes(), label, t.regions(), label, t.quota_bytes());
+  }
   gauge("sparsekv_draining", "1 while the daemon refuses new regions.", "", st.draining() ? 1 : 0);
   gauge("sparsekv_uptime_seconds", "Seconds since start-up.", "", st.uptime_ms() / 1000.0);
   counter("sparsekv_evictions_total", "Regions evicted.", st.evictions());

@@ -793,6 +793,18 @@ v1::StatsResponse RegionTable::Stats() {
   out.set_lease_ms(lease_ms());
   out.set_draining(draining());
   for (const std::string& path : data_paths_) out.add_data_paths(path);
+  if (tenants_enabled_) {
+    for (const auto& [name, policy] : tenants_) {
+      TenantUsage u = UsageOfLocked(name);
+      auto* t = out.add_tenants();
+      t->set_name(name);
+      t->set_used_bytes(u.bytes);
+      t->set_regions(u.regions);
+      t->set_quota_bytes(policy.quota_bytes);
+      t->set_max_regions(policy.max_regions);
+      t->set_guarantee_bytes(policy.guarantee_bytes);
+    }
+  }
   return out;
 }
 

@@ -386,15 +386,31 @@ int Main(int argc, char** argv) {
     v1::StatsResponse st;
     auto ctx = context();
     if (auto s = stub->Stats(ctx.get(), v1::StatsRequest(), &st); !s.ok()) return Fail(s, server);
-    // One tenant until tenants are configured (see the security issue); the shape stays.
+    // Without a tenants file the daemon has one implicit tenant, "default", with the whole pool.
+    if (st.tenants_size() == 0) {
+      auto* t = st.add_tenants();
+      t->set_name("default");
+      t->set_used_bytes(st.used_bytes());
+      t->set_regions(st.regions());
+      t->set_quota_bytes(st.pool_bytes());
+    }
     if (json) {
-      std::printf("{\"tenants\":[{\"name\":\"default\",\"used_bytes\":%lld,\"regions\":%lld,\"quota_bytes\":%lld}]}\n",
-                  static_cast<long long>(st.used_bytes()), static_cast<long long>(st.regions()),
-                  static_cast<long long>(st.pool_bytes()));
+      std::string out = "{\"tenants\":[";
+      for (const auto& t : st.tenants()) {
+        absl::StrAppend(&out, out.back() == '[' ? "" : ",", "{\"name\":", JsonString(t.name()), ",\"used_bytes\":",
+                        t.used_bytes(), ",\"regions\":", t.regions(), ",\"quota_bytes\":", t.quota_bytes(),
+                        ",\"max_regions\":", t.max_regions(), ",\"guarantee_bytes\":", t.guarantee_bytes(), "}");
+      }
+      std::printf("%s]}\n", out.c_str());
     } else {
-      std::printf("%-16s %12s %8s %12s\n", "TENANT", "USED", "REGIONS", "QUOTA");
-      std::printf("%-16s %12s %8lld %12s\n", "default", FormatBytes(st.used_bytes()).c_str(),
-                  static_cast<long long>(st.regions()), FormatBytes(st.pool_bytes()).c_str());
+      std::printf("%-16s %12s %8s %12s %12s %12s\n", "TENANT", "USED", "REGIONS", "QUOTA", "MAX_REGIONS", "GUARANTEE");
+      for (const auto& t : st.tenants()) {
+        std::printf("%-16s %12s %8lld %12s %12s %12s\n", t.name().c_str(), FormatBytes(t.used_bytes()).c_str(),
+                    static_cast<long long>(t.regions()),
+                    t.quota_bytes() ? FormatBytes(t.quota_bytes()).c_str() : "-",
+                    t.max_regions() ? absl::StrCat(t.max_regions()).c_str() : "-",
+                    t.guarantee_bytes() ? FormatBytes(t.guarantee_bytes()).c_str() : "-");
+      }
     }
     return 0;
   }

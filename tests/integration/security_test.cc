@@ -237,3 +237,18 @@ TEST_CASE("security: a plaintext control plane on a non-loopback address needs a
   REQUIRE(refused.exit_code == 1);
   REQUIRE(refused.err.find("allow_plaintext_remote") != std::string::npos);
 }
+
+TEST_CASE("security: sparsekvctl tenants shows each tenant's use against its quota", "[security][ctl]") {
+  TempDir dir;
+  DaemonFixture daemon({.extra_args = {"--tenants-file", WriteTenants(dir)}});
+  auto a = As(daemon, kTokenA);
+  REQUIRE(a.ok());
+  REQUIRE((*a)->Create({"one", 2, 656, 372, 0}).ok());  // 2 pages
+  auto out = daemon.Ctl(std::string("--token ") + kAdmin + " --json tenants");
+  REQUIRE(out.exit_code == 0);
+  INFO(out.out);
+  REQUIRE(out.out.find("{\"name\":\"team-a\",\"used_bytes\":524288,\"regions\":1,\"quota_bytes\":8388608,\"max_regions\":3") !=
+          std::string::npos);
+  REQUIRE(out.out.find("{\"name\":\"team-b\",\"used_bytes\":0,\"regions\":0") != std::string::npos);
+  REQUIRE(daemon.Ctl(std::string("--token ") + kTokenA + " tenants").exit_code == 1);  // admin only
+}
