@@ -9,8 +9,6 @@
 #include "absl/strings/str_format.h"
 
 namespace sparsekv {
-namespace {
-
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrFormat("%s '%s': %s", what, path, std::strerror(errno)));
@@ -21,6 +19,8 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   }
   return text.str();
 }
+
+namespace {
 
 void FromEnv(std::string* field, const char* name) {
   if (!field->empty()) return;

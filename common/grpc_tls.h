@@ -18,6 +18,9 @@ struct ControlPlaneSecurity {
   std::string key_file;
 };
 
+// Reads a PEM file; NOT_FOUND or INVALID_ARGUMENT (not PEM) naming `what` and the path.
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what);
+
 // Fills empty fields from SPARSEKV_TOKEN, SPARSEKV_TLS_CA, SPARSEKV_TLS_CERT, SPARSEKV_TLS_KEY.
 ControlPlaneSecurity WithEnvironment(ControlPlaneSecurity s);
 

@@ -25,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/config.h"
+#include "common/grpc_tls.h"
 #include "common/log.h"
 #include "common/size_parse.h"
 #include "common/version.h"
@@ -114,16 +115,6 @@ absl::Status WriteReadyFile(const std::string& path, int port, const std::string
 
 // TLS (optionally mutual) from [tls], else plaintext, which a non-loopback address must opt into.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ControlPlaneCredentials(const DaemonConfig& config) {
-  auto read = [](const std::string& path, const char* key) -> absl::StatusOr<std::string> {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrFormat("%s '%s': %s", key, path, std::strerror(errno)));
-    std::stringstream text;
-    text << in.rdbuf();
-    if (text.str().find("-----BEGIN") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrFormat("%s '%s' is not PEM", key, path));
-    }
-    return text.str();
-  };
   if (config.tls_cert_file.empty()) {
     const std::string host = config.listen.substr(0, config.listen.rfind(':'));
     const bool loopback = host == "localhost" || host.rfind("127.", 0) == 0 || host == "[::1]";
@@ -138,14 +129,14 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ControlPlaneCredentials
     }
     return grpc::InsecureServerCredentials();
   }
-  auto cert = read(config.tls_cert_file, "tls.cert_file");
+  auto cert = ReadPem(config.tls_cert_file, "tls.cert_file");
   if (!cert.ok()) return cert.status();
-  auto key = read(config.tls_key_file, "tls.key_file");
+  auto key = ReadPem(config.tls_key_file, "tls.key_file");
   if (!key.ok()) return key.status();
   grpc::SslServerCredentialsOptions options;
   options.pem_key_cert_pairs.push_back({*key, *cert});
   if (!config.tls_client_ca_file.empty()) {
-    auto ca = read(config.tls_client_ca_file, "tls.client_ca_file");
+    auto ca = ReadPem(config.tls_client_ca_file, "tls.client_ca_file");
     if (!ca.ok()) return ca.status();
     options.pem_root_certs = *ca;
     options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
