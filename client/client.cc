@@ -289,7 +289,7 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
   const auto& shm = d.shm();
   // One transport per pool and data-plane address: a restarted daemon may listen elsewhere.
   const std::string cache_key =
-      absl::StrCat(choice, "|", shm.pool_uuid(), "|", d.gather_host(), ":", d.gather_port(), "|",
+      absl::StrCat(choice, "|", shm.pool_uuid(), "|", d.gather_host(), ":", d.gather_port(), "/", d.gather_secret(), "|",
                    absl::BytesToHexString(d.fabric().address()), "|", d.verbs().host(), ":", d.verbs().port());
   {
     absl::MutexLock lock(&mu);
@@ -312,7 +312,8 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
     return absl::OkStatus();
   };
   if (want("shm")) {
-    ShmPoolAddress address{shm.fd_socket_path(), shm.path(), shm.pool_bytes(), shm.pool_uuid(), shm.host_id()};
+    ShmPoolAddress address{shm.fd_socket_path(), shm.path(), shm.pool_bytes(), shm.pool_uuid(), shm.host_id(),
+                           shm.arena_offset()};
     auto mapped = ShmTransport::Map(address);
     if (mapped.ok()) {
       transport = *std::move(mapped);
@@ -370,7 +371,7 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
       std::string host = d.gather_host();
       if (host.empty() || host == "0.0.0.0") host = control_host;
       transport = std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
-                                                       options.data_connections);
+                                                       options.data_connections, d.gather_secret());
       transport->set_reason(choice == "tcp" ? "forced by ClientOptions.transport" : "server-side gather over TCP");
     }
   }

@@ -4,7 +4,8 @@
 // RMA, and plain TCP between hosts.
 //
 // All integers little-endian.
-//   request:  GatherRequestHeader, count x GatherRange, then (writes) the payload
+//   request:  GatherRequestHeader, count x GatherRange, then (writes) the payload. The header's
+//             secret names an arena (a range of the pool); ranges outside it are refused.
 //   response: GatherResponseHeader, then payload_bytes: the ranges' bytes in order (reads), or
 //             an error message (status != 0)
 #ifndef SPARSEKV_COMMON_GATHER_PROTOCOL_H_
@@ -31,6 +32,7 @@ struct GatherRequestHeader {
   uint64_t id;
   uint32_t count;
   uint32_t reserved;
+  uint64_t secret;  // the arena's gather_secret from the open-region reply
 };
 
 struct GatherRange {
@@ -46,7 +48,7 @@ struct GatherResponseHeader {
   uint64_t payload_bytes;
 };
 
-static_assert(sizeof(GatherRequestHeader) == 24 && sizeof(GatherRange) == 16 && sizeof(GatherResponseHeader) == 24);
+static_assert(sizeof(GatherRequestHeader) == 32 && sizeof(GatherRange) == 16 && sizeof(GatherResponseHeader) == 24);
 
 // After a (partial) vectored write of `written` bytes starting at iov[*at], moves *at and trims
 // the first unfinished buffer so the next write resumes exactly where this one stopped.

@@ -90,7 +90,8 @@ absl::StatusOr<TenantDirectory> TenantDirectory::Load(const std::string& path) {
       if (t == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s must be a table", where));
       for (const auto& [field, value] : *t) {
         const std::string f(field.str());
-        if (f != "tokens" && f != "quota" && f != "max_regions" && f != "guarantee") {
+        if (f != "tokens" && f != "quota" && f != "max_regions" && f != "guarantee" && f != "socket_mode" &&
+            f != "socket_group") {
           return absl::InvalidArgumentError(absl::StrFormat("%s.%s: unknown key", where, f));
         }
       }
@@ -109,6 +110,16 @@ absl::StatusOr<TenantDirectory> TenantDirectory::Load(const std::string& path) {
       if (p.quota_bytes > 0 && p.guarantee_bytes > p.quota_bytes) {
         return absl::InvalidArgumentError(absl::StrFormat("%s: guarantee is larger than quota", where));
       }
+      if (const toml::node* m = t->get("socket_mode")) {
+        auto text = m->value<std::string>();
+        char* end = nullptr;
+        long mode = text ? std::strtol(text->c_str(), &end, 8) : -1;
+        if (!text || end == text->c_str() || *end != '\0' || mode < 0 || mode > 0777) {
+          return absl::InvalidArgumentError(absl::StrFormat("%s.socket_mode must be an octal string like \"0660\"", where));
+        }
+        p.socket_mode = static_cast<int>(mode);
+      }
+      if (const toml::node* g = t->get("socket_group")) p.socket_group = g->value_or<std::string>("");
       dir.policies_[name] = p;
     }
   }

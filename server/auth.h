@@ -6,6 +6,8 @@
 //   quota = "8GiB"                  # pool bytes it may hold (default: no limit)
 //   max_regions = 1000              # regions it may hold (default: no limit)
 //   guarantee = "2GiB"              # eviction for other tenants never takes it below this
+//   socket_mode = "0660"            # its arena's shared-memory socket (see README "Security")
+//   socket_group = "team-a"
 //   [admin]
 //   tokens = ["<random secret>"]   # sparsekvctl's role: sees and manages every tenant
 //
@@ -25,6 +27,9 @@ struct TenantPolicy {
   int64_t quota_bytes = 0;      // 0: no limit
   int64_t max_regions = 0;      // 0: no limit
   int64_t guarantee_bytes = 0;  // protected from eviction on behalf of other tenants
+  // The arena's shared-memory socket (memfd pools, tenants with a quota): file mode and group.
+  int socket_mode = 0660;
+  std::string socket_group;     // "" : the daemon's group
 };
 
 // Who is calling: a tenant (its regions only) or the admin (every tenant; region keys are then

@@ -3,6 +3,7 @@
 // Start-up is all or nothing: parse config, map and reserve the pool, start the descriptor
 // socket and every gRPC listener, then write the ready file and log "ready". Any failure on the
 // way is one clear log line and a non-zero exit. SIGTERM/SIGINT stop it cleanly.
+#include <grp.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -26,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "common/config.h"
 #include "common/grpc_tls.h"
+#include "common/host_id.h"
 #include "common/log.h"
 #include "common/size_parse.h"
 #include "common/version.h"
@@ -266,6 +269,7 @@ int Run(int argc, char** argv) {
   RegionTable table(pool->get(), config, std::move(*policy), shm ? shm->socket_path() : "");
   Metrics metrics;
   std::optional<TenantDirectory> tenants;
+  int64_t shared_bytes = pool->get()->size_bytes();  // below the tenant arenas
   if (!config.tenants_file.empty()) {
     auto loaded = TenantDirectory::Load(config.tenants_file);
     if (!loaded.ok()) {
@@ -274,6 +278,26 @@ int Run(int argc, char** argv) {
     }
     tenants = *std::move(loaded);
     table.SetTenants(tenants->tenants());
+    // Data-plane isolation: every tenant with a quota gets an arena of that size with a shared-
+    // memory file, fabric registrations and a gather secret of its own.
+    std::vector<std::pair<std::string, int64_t>> sizes;
+    for (const auto& [name, policy] : tenants->tenants()) {
+      if (policy.quota_bytes <= 0) {
+        SKV_LOG_WARN("auth", "tenant '%s' has no quota and so no arena: its regions share the pool's data paths "
+                     "with other tenants without one", name);
+        continue;
+      }
+      sizes.emplace_back(name, policy.quota_bytes / config.page_bytes * config.page_bytes);
+    }
+    if (!sizes.empty()) {
+      auto split = pool->get()->SplitIntoArenas(sizes);
+      if (!split.ok()) {
+        SKV_LOG_ERROR(kLog, "tenant arenas: %s", split.status().message());
+        return 1;
+      }
+      shared_bytes = pool->get()->size_bytes();
+      for (const auto& a : *split) shared_bytes = std::min(shared_bytes, a.offset);
+    }
     SKV_LOG_INFO("auth", "bearer tokens required: %d tenants, %d tokens from %s", tenants->tenants().size(),
                  tenants->token_count(), config.tenants_file);
   }
@@ -301,7 +325,7 @@ int Run(int argc, char** argv) {
   const std::string data_host =
       config.data_listen.empty() ? std::string("127.0.0.1") : config.data_listen.substr(0, config.data_listen.rfind(':'));
   if (config.fabric_provider != "off") {
-    auto started_fabric = FabricServer::Start(pool->get(), config.fabric_provider, data_host);
+    auto started_fabric = FabricServer::Start(pool->get(), config.fabric_provider, data_host, shared_bytes);
     if (!started_fabric.ok()) {
       if (config.fabric_provider != "auto") {  // asked for by name: a start-up error
         SKV_LOG_ERROR(kLog, "%s", started_fabric.status().message());
@@ -320,7 +344,7 @@ int Run(int argc, char** argv) {
   // Native verbs, where the host has an RDMA device.
   std::unique_ptr<VerbsServer> verbs;
   if (config.verbs != "off") {
-    auto started_verbs = VerbsServer::Start(pool->get(), data_host);
+    auto started_verbs = VerbsServer::Start(pool->get(), data_host, shared_bytes);
     if (!started_verbs.ok()) {
       if (config.verbs == "on") {
         SKV_LOG_ERROR(kLog, "transports.verbs = on: %s", started_verbs.status().message());
@@ -339,6 +363,67 @@ int Run(int argc, char** argv) {
   }
   if (config.fabric_provider == "off") data_paths.push_back("fabric: off (transports.fabric_provider = off)");
   if (config.verbs == "off") data_paths.push_back("verbs: off (transports.verbs = off)");
+  // Each tenant arena: its own shm socket (mode/group from the tenants file), gather secret and
+  // fabric/verbs registrations; the shared data paths reach [0, shared_bytes) only.
+  std::vector<std::unique_ptr<ShmServer>> arena_shm;
+  std::map<std::string, RegionTable::Arena> arenas;
+  if (gather != nullptr && !pool->get()->arenas().empty()) network.set_gather_secret(gather->AddArena(0, shared_bytes));
+  for (const Pool::Arena& a : pool->get()->arenas()) {
+    const TenantPolicy& policy = tenants->tenants().at(a.name);
+    int gid = -1;
+    if (!policy.socket_group.empty()) {
+      group* g = getgrnam(policy.socket_group.c_str());
+      if (g == nullptr) {
+        SKV_LOG_ERROR(kLog, "tenants.%s.socket_group: no group '%s'", a.name, policy.socket_group);
+        return 1;
+      }
+      gid = static_cast<int>(g->gr_gid);
+    }
+    const std::string uuid = absl::StrCat(pool->get()->uuid(), "/", a.name);
+    auto served = ShmServer::StartArena(pool->get(), absl::StrCat(config.runtime_dir, "/arena-", a.name, ".sock"), a.fd,
+                                        uuid, policy.socket_mode, gid);
+    if (!served.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", served.status().message());
+      return 1;
+    }
+    RegionTable::Arena arena;
+    arena.lo = static_cast<uint32_t>(a.offset / config.page_bytes);
+    arena.hi = static_cast<uint32_t>((a.offset + a.bytes) / config.page_bytes);
+    v1::TransportDescriptor& t = arena.transport;
+    auto* shm_d = t.mutable_shm();
+    shm_d->set_fd_socket_path((*served)->socket_path());
+    shm_d->set_pool_bytes(a.bytes);
+    shm_d->set_backing("memfd");
+    shm_d->set_pool_uuid(uuid);
+    shm_d->set_host_id(LocalHostId());
+    shm_d->set_arena_offset(a.offset);
+    if (gather != nullptr) {
+      t.set_gather_host(gather->host());
+      t.set_gather_port(gather->port());
+      t.set_gather_secret(gather->AddArena(a.offset, a.offset + a.bytes));
+    }
+    if (fabric != nullptr) {
+      auto d = fabric->AddArena(a.offset, a.bytes);
+      if (!d.ok()) {
+        SKV_LOG_ERROR(kLog, "arena %s: %s", a.name, d.status().message());
+        return 1;
+      }
+      *t.mutable_fabric() = *d;
+    }
+    if (verbs != nullptr) {
+      auto d = verbs->AddArena(a.offset, a.bytes);
+      if (!d.ok()) {
+        SKV_LOG_ERROR(kLog, "arena %s: %s", a.name, d.status().message());
+        return 1;
+      }
+      *t.mutable_verbs() = *d;
+    }
+    SKV_LOG_INFO("auth", "tenant %s: arena of %s at pool offset %d, shared memory on %s (mode %04o)", a.name,
+                 FormatBytes(a.bytes), a.offset, (*served)->socket_path(), policy.socket_mode);
+    arena_shm.push_back(*std::move(served));
+    arenas[a.name] = std::move(arena);
+  }
+  if (!arenas.empty()) table.SetArenas(std::move(arenas), static_cast<uint32_t>(shared_bytes / config.page_bytes));
   table.SetNetworkTransports(network, data_paths);
 
   std::unique_ptr<RegionJournal> journal;

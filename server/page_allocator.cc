@@ -22,6 +22,36 @@ absl::Status PageAllocator::Allocate(int64_t count, std::vector<uint32_t>* out) 
   return absl::OkStatus();
 }
 
+absl::Status PageAllocator::AllocateIn(int64_t count, uint32_t lo, uint32_t hi, std::vector<uint32_t>* out) {
+  if (lo == 0 && hi >= total_pages_) return Allocate(count, out);
+  absl::MutexLock lock(&mu_);
+  std::vector<size_t> picked;  // positions in free_, from the back (low pages first)
+  for (size_t i = free_.size(); i > 0 && static_cast<int64_t>(picked.size()) < count; --i) {
+    if (free_[i - 1] >= lo && free_[i - 1] < hi) picked.push_back(i - 1);
+  }
+  if (count < 0 || static_cast<int64_t>(picked.size()) < count) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%d pages requested, %d free in this arena", count, picked.size()));
+  }
+  for (size_t at : picked) out->push_back(free_[at]);
+  std::vector<bool> take(free_.size(), false);
+  for (size_t at : picked) take[at] = true;
+  size_t w = 0;
+  for (size_t r = 0; r < free_.size(); ++r) {
+    if (!take[r]) free_[w++] = free_[r];
+  }
+  free_.resize(w);
+  return absl::OkStatus();
+}
+
+int64_t PageAllocator::free_pages_in(uint32_t lo, uint32_t hi) const {
+  absl::MutexLock lock(&mu_);
+  if (lo == 0 && hi >= total_pages_) return static_cast<int64_t>(free_.size());
+  int64_t n = 0;
+  for (uint32_t p : free_) n += (p >= lo && p < hi) ? 1 : 0;
+  return n;
+}
+
 void PageAllocator::Free(const std::vector<uint32_t>& pages) {
   absl::MutexLock lock(&mu_);
   free_.insert(free_.end(), pages.rbegin(), pages.rend());

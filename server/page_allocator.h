@@ -30,6 +30,9 @@ class PageAllocator {
 
   // Appends `count` pages to *out, or returns RESOURCE_EXHAUSTED and leaves *out unchanged.
   absl::Status Allocate(int64_t count, std::vector<uint32_t>* out);
+  // The same, from pages [lo, hi) only (a tenant's arena).
+  absl::Status AllocateIn(int64_t count, uint32_t lo, uint32_t hi, std::vector<uint32_t>* out);
+  int64_t free_pages_in(uint32_t lo, uint32_t hi) const;
 
   // Returns pages to the free stack now.
   void Free(const std::vector<uint32_t>& pages);

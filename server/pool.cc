@@ -360,9 +360,40 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Create(const PoolBackingSpec& spec, 
   return pool;
 }
 
+absl::StatusOr<std::vector<Pool::Arena>> Pool::SplitIntoArenas(
+    const std::vector<std::pair<std::string, int64_t>>& sizes) {
+  if (spec_.kind != PoolBackingSpec::Kind::kMemfd) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "tenant arenas need the memfd backing (this pool is %s)", Describe()));
+  }
+  int64_t total = 0;
+  for (const auto& [name, bytes] : sizes) total += bytes;
+  if (total > size_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "the tenant arenas (quotas) add up to %s, more than the %s pool", FormatBytes(total), FormatBytes(size_bytes_)));
+  }
+  int64_t offset = size_bytes_ - total;
+  for (const auto& [name, bytes] : sizes) {
+    Arena a{name, offset, bytes, memfd_create(absl::StrCat("sparsekv-arena-", name).c_str(), MFD_CLOEXEC)};
+    if (a.fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", Errno(errno)));
+    arenas_.push_back(a);  // owned from here on
+    if (ftruncate(a.fd, bytes) != 0) {
+      return absl::ResourceExhaustedError(absl::StrFormat("arena %s: cannot size it to %s: %s", name, FormatBytes(bytes), Errno(errno)));
+    }
+    if (auto s = Reserve(a.fd, bytes, absl::StrCat("arena ", name), nullptr); !s.ok()) return s;
+    void* at = mmap(base_ + offset, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, a.fd, 0);
+    if (at == MAP_FAILED) return absl::InternalError(absl::StrFormat("arena %s: mmap: %s", name, Errno(errno)));
+    // The pool memfd's pages under the arena are no longer reachable from the daemon: free them.
+    fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
+    offset += bytes;
+  }
+  return arenas_;
+}
+
 Pool::~Pool() {
   if (base_ != nullptr) munmap(base_, size_bytes_);
   if (fd_ >= 0) close(fd_);
+  for (const Arena& a : arenas_) close(a.fd);
 }
 
 std::string Pool::client_path() const {

@@ -73,6 +73,19 @@ class Pool {
   // "memfd", "file:/dev/shm/x", ... with the details an operator wants in `status`.
   std::string Describe() const;
 
+  // Tenant arenas (memfd backing only): the last `sizes` bytes of the pool are re-backed, one
+  // range per arena, by memfds of their own mapped at the same addresses, so the daemon still
+  // sees one contiguous pool while a descriptor handed to one tenant maps that tenant's arena
+  // only. The pool's own memfd keeps backing [0, size - sum(sizes)) (the shared arena); its pages
+  // under the tenant arenas are released. Call before anything is stored in the pool.
+  struct Arena {
+    std::string name;
+    int64_t offset = 0;
+    int64_t bytes = 0;
+    int fd = -1;
+  };
+  absl::StatusOr<std::vector<Arena>> SplitIntoArenas(const std::vector<std::pair<std::string, int64_t>>& sizes);
+  const std::vector<Arena>& arenas() const { return arenas_; }
  private:
   Pool() = default;
   PoolBackingSpec spec_;
@@ -81,6 +94,7 @@ class Pool {
   int fd_ = -1;
   std::string uuid_;
   bool survived_ = false;
+  std::vector<Arena> arenas_;
 };
 
 }  // namespace sparsekv

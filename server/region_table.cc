@@ -245,10 +245,18 @@ std::vector<EvictionCandidate> RegionTable::EvictionCandidatesLocked(Clock::time
 absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_what,
                                          Clock::time_point now, const std::string& tenant) {
   allocator_.ReclaimExpired(now);
-  int64_t free_pages = allocator_.free_pages();
+  const auto [lo, hi] = PageRangeLocked(tenant);
+  int64_t free_pages = allocator_.free_pages_in(lo, hi);
   if (free_pages >= pages) return absl::OkStatus();
 
   std::vector<EvictionCandidate> candidates = EvictionCandidatesLocked(now);
+  if (!arenas_.empty()) {  // only regions of the same arena free pages this tenant can use
+    std::vector<EvictionCandidate> same;
+    for (auto& c : candidates) {
+      if (PageRangeLocked(TenantOfLocked(c.key)) == std::make_pair(lo, hi)) same.push_back(c);
+    }
+    candidates = std::move(same);
+  }
   if (tenants_enabled_) {
     // The tenant that needs the memory gives first; others only down to their guarantees.
     std::vector<EvictionCandidate> own, others;
@@ -283,7 +291,7 @@ absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_w
   for (const auto& candidate : candidates) {
     if (free_pages >= pages) break;
     EvictLocked(regions_[candidate.key].get(), absl::StrFormat("to make room for %s", for_what), now);
-    free_pages = allocator_.free_pages();
+    free_pages = allocator_.free_pages_in(lo, hi);
   }
   return absl::OkStatus();
 }
@@ -321,7 +329,8 @@ absl::Status RegionTable::GrowLocked(Region* region, int64_t tokens, Clock::time
   }
   std::vector<uint32_t> fresh;
   fresh.reserve(needed);
-  if (auto s = allocator_.Allocate(needed, &fresh); !s.ok()) {
+  const auto [lo, hi] = PageRangeLocked(tenant);
+  if (auto s = allocator_.AllocateIn(needed, lo, hi, &fresh); !s.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat("region '", region->key, "': ", s.message()));
   }
   size_t next = 0;
@@ -392,11 +401,18 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   for (const auto& layer : region->pages) {
     out->add_layers()->mutable_pages()->Add(layer.begin(), layer.end());
   }
+  const std::string tenant = TenantOfLocked(region->key);
+  if (auto arena = arenas_.find(tenant); arena != arenas_.end() && !tenant.empty()) {
+    *out->mutable_transport() = arena->second.transport;  // this tenant's arena only
+    out->mutable_lease()->set_lease_id(GrantLeaseLocked(region, now));
+    out->mutable_lease()->set_lease_ms(lease_ms());
+    return;
+  }
   *out->mutable_transport() = network_;
   auto* shm = out->mutable_transport()->mutable_shm();
   shm->set_fd_socket_path(pool_->client_path().empty() ? fd_socket_path_ : "");
   shm->set_path(pool_->client_path());
-  shm->set_pool_bytes(pool_->size_bytes());
+  shm->set_pool_bytes(shared_pages_ > 0 ? static_cast<int64_t>(shared_pages_) * page_bytes_ : pool_->size_bytes());
   shm->set_backing(BackingKindName(pool_->spec().kind));
   shm->set_pool_uuid(pool_->uuid());
   shm->set_host_id(host_id_);
@@ -615,6 +631,17 @@ void RegionTable::SetTenants(std::map<std::string, TenantPolicy> policies) {
   absl::MutexLock lock(&mu_);
   tenants_enabled_ = true;
   tenants_ = std::move(policies);
+}
+
+void RegionTable::SetArenas(std::map<std::string, Arena> arenas, uint32_t shared_pages) {
+  absl::MutexLock lock(&mu_);
+  arenas_ = std::move(arenas);
+  shared_pages_ = shared_pages;
+}
+
+std::pair<uint32_t, uint32_t> RegionTable::PageRangeLocked(const std::string& tenant) const {
+  if (auto it = arenas_.find(tenant); it != arenas_.end() && !tenant.empty()) return {it->second.lo, it->second.hi};
+  return {0, shared_pages_ > 0 ? shared_pages_ : allocator_.total_pages()};
 }
 
 std::string RegionTable::TenantOfLocked(const std::string& key) const {

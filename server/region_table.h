@@ -64,6 +64,14 @@ class RegionTable {
     int64_t bytes = 0, regions = 0;
   };
   std::map<std::string, TenantUsage> UsageByTenant();
+  // Tenant arenas: a tenant's regions get pages from [lo, hi) only, and its OpenRegion replies
+  // carry `transport` (the arena's own shm file, fabric key, gather secret) instead of the shared
+  // one. Tenants without an arena, and the admin's keys, use pages [0, shared_pages).
+  struct Arena {
+    uint32_t lo = 0, hi = 0;
+    v1::TransportDescriptor transport;
+  };
+  void SetArenas(std::map<std::string, Arena> arenas, uint32_t shared_pages);
   absl::StatusOr<v1::DeleteRegionResponse> Delete(const v1::DeleteRegionRequest& request);
   absl::StatusOr<v1::ListRegionsResponse> List(const v1::ListRegionsRequest& request);
   absl::StatusOr<v1::RegionInfo> Get(const v1::GetRegionRequest& request);
@@ -166,6 +174,9 @@ class RegionTable {
   std::atomic<bool> draining_{false};
   v1::TransportDescriptor network_ ABSL_GUARDED_BY(mu_);
   bool tenants_enabled_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, Arena> arenas_ ABSL_GUARDED_BY(mu_);
+  uint32_t shared_pages_ ABSL_GUARDED_BY(mu_) = 0;  // 0: the whole pool
+  std::pair<uint32_t, uint32_t> PageRangeLocked(const std::string& tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::map<std::string, TenantPolicy> tenants_ ABSL_GUARDED_BY(mu_);
   std::string TenantOfLocked(const std::string& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TenantUsage UsageOfLocked(const std::string& tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -74,13 +74,15 @@ absl::StatusOr<std::unique_ptr<ShmTransport>> ShmTransport::Map(const ShmPoolAdd
         absl::StrFormat("cannot map the %d-byte pool: %s", address.pool_bytes, std::strerror(err)));
   }
   std::unique_ptr<ShmTransport> transport(new ShmTransport());
-  transport->base_ = static_cast<std::byte*>(addr);
+  transport->mapping_ = static_cast<std::byte*>(addr);
+  // Pool offsets stay the daemon's: byte 0 of an arena's mapping is pool offset arena_offset.
+  transport->base_ = transport->mapping_ - address.arena_offset;
   transport->size_bytes_ = address.pool_bytes;
   return transport;
 }
 
 ShmTransport::~ShmTransport() {
-  if (base_ != nullptr) munmap(base_, size_bytes_);
+  if (mapping_ != nullptr) munmap(mapping_, size_bytes_);
 }
 
 absl::Status ShmTransport::Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes,

@@ -19,6 +19,7 @@ struct ShmPoolAddress {
   int64_t pool_bytes = 0;
   std::string pool_uuid;
   std::string host_id;         // the daemon's host
+  int64_t arena_offset = 0;    // pool offset of the mapping's byte 0 (a tenant's arena)
 };
 
 // How far ahead the gather prefetches, in entries. A random top-k gather is bound by how many
@@ -53,6 +54,7 @@ class ShmTransport final : public Transport {
  private:
   ShmTransport() = default;
   std::byte* base_ = nullptr;
+  std::byte* mapping_ = nullptr;  // what mmap returned (base_ + arena_offset)
   int64_t size_bytes_ = 0;
 };
 

@@ -68,8 +68,8 @@ absl::Status RecvAll(int fd, void* buf, size_t n, Clock::time_point deadline, co
 
 }  // namespace
 
-TcpGatherTransport::TcpGatherTransport(std::string host, int port, int64_t timeout_ms, int connections)
-    : host_(std::move(host)), port_(port), timeout_ms_(timeout_ms), connections_(std::max(1, connections)) {}
+TcpGatherTransport::TcpGatherTransport(std::string host, int port, int64_t timeout_ms, int connections, uint64_t secret)
+    : host_(std::move(host)), port_(port), timeout_ms_(timeout_ms), connections_(std::max(1, connections)), secret_(secret) {}
 
 TcpGatherTransport::~TcpGatherTransport() {
   absl::MutexLock lock(&mu_);
@@ -140,7 +140,7 @@ absl::Status TcpGatherTransport::Call(uint32_t op, absl::Span<const int64_t> off
   thread_local std::vector<GatherRange> ranges;
   ranges.resize(offsets.size());
   for (size_t i = 0; i < offsets.size(); ++i) ranges[i] = {static_cast<uint64_t>(offsets[i]), static_cast<uint32_t>(entry_bytes), 0};
-  GatherRequestHeader h{kGatherMagic, op, id, static_cast<uint32_t>(offsets.size()), 0};
+  GatherRequestHeader h{kGatherMagic, op, id, static_cast<uint32_t>(offsets.size()), 0, secret_};
   std::vector<iovec> iov = {{&h, sizeof(h)}, {ranges.data(), ranges.size() * sizeof(GatherRange)}};
   if (payload != nullptr) iov.push_back({const_cast<std::byte*>(payload), total});
   absl::Status status = SendAll(*fd, std::move(iov), deadline, what);
@@ -243,7 +243,8 @@ absl::Status TcpGatherTransport::GatherBatch(absl::Span<const GatherWork> work) 
       return;
     }
     BatchRequest& r = requests[s.requests[s.next]];
-    s.header = {kGatherMagic, static_cast<uint32_t>(GatherOp::kRead), next_id_++, static_cast<uint32_t>(r.ranges.size()), 0};
+    s.header = {kGatherMagic, static_cast<uint32_t>(GatherOp::kRead), next_id_++, static_cast<uint32_t>(r.ranges.size()), 0,
+                secret_};
     s.send_iov = {{&s.header, sizeof(s.header)}, {r.ranges.data(), r.ranges.size() * sizeof(GatherRange)}};
     s.send_at = 0;
     s.reply_got = 0;

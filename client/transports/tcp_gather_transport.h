@@ -25,7 +25,7 @@ class TcpGatherTransport final : public Transport {
  public:
   // `connections`: how many streams one batch is spread over (the daemon gathers each on its own
   // thread; the client receives them all on the calling thread).
-  TcpGatherTransport(std::string host, int port, int64_t timeout_ms, int connections = 4);
+  TcpGatherTransport(std::string host, int port, int64_t timeout_ms, int connections = 4, uint64_t secret = 0);
   ~TcpGatherTransport() override;
 
   const char* name() const override { return "tcp-gather"; }
@@ -46,6 +46,7 @@ class TcpGatherTransport final : public Transport {
   const int port_;
   const int64_t timeout_ms_;
   const int connections_;
+  const uint64_t secret_;  // the arena's gather secret
   std::atomic<uint64_t> next_id_{1};
   absl::Mutex mu_;
   std::vector<int> idle_ ABSL_GUARDED_BY(mu_);

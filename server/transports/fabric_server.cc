@@ -44,9 +44,20 @@ std::string AddressText(const fi_info* info, const void* addr, size_t len) {
 
 }  // namespace
 
+namespace {
+uint64_t RandomKey(size_t key_size) {
+  std::random_device rd;
+  uint64_t key = (uint64_t{rd()} << 32) ^ rd();
+  if (key_size < 8) key &= (uint64_t{1} << (8 * key_size)) - 1;
+  return key;
+}
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<FabricServer>> FabricServer::Start(Pool* pool, const std::string& provider,
-                                                                  const std::string& host) {
+                                                                  const std::string& host, int64_t shared_bytes) {
   std::unique_ptr<FabricServer> s(new FabricServer());
+  s->pool_ = pool;
+  if (shared_bytes <= 0) shared_bytes = pool->size_bytes();
   fi_info* hints = fi_allocinfo();
   hints->caps = FI_RMA | FI_REMOTE_READ | FI_REMOTE_WRITE;
   hints->ep_attr->type = FI_EP_RDM;
@@ -102,10 +113,8 @@ absl::StatusOr<std::unique_ptr<FabricServer>> FabricServer::Start(Pool* pool, co
   // The pool, registered once. A requested key is random so it cannot be guessed from the
   // daemon's history; providers that choose keys themselves (FI_MR_PROV_KEY) ignore it.
   const uint64_t mr_mode = static_cast<uint64_t>(info->domain_attr->mr_mode);
-  uint64_t requested_key = std::random_device{}();
-  requested_key = (requested_key << 32) ^ std::random_device{}();
-  if (info->domain_attr->mr_key_size < 8) requested_key &= (uint64_t{1} << (8 * info->domain_attr->mr_key_size)) - 1;
-  if ((rc = fi_mr_reg(s->domain_, pool->base(), static_cast<size_t>(pool->size_bytes()),
+  const uint64_t requested_key = RandomKey(info->domain_attr->mr_key_size);
+  if ((rc = fi_mr_reg(s->domain_, pool->base(), static_cast<size_t>(shared_bytes),
                       FI_REMOTE_READ | FI_REMOTE_WRITE, 0, requested_key, 0, &s->mr_, nullptr)) != 0) {
     return fail(rc, "registering the pool");
   }
@@ -146,6 +155,24 @@ void FabricServer::ProgressLoop() {
   }
 }
 
+absl::StatusOr<v1::FabricDescriptor> FabricServer::AddArena(int64_t offset, int64_t bytes) {
+  fid_mr* mr = nullptr;
+  int rc = fi_mr_reg(domain_, pool_->base() + offset, static_cast<size_t>(bytes), FI_REMOTE_READ | FI_REMOTE_WRITE, 0,
+                     RandomKey(info_->domain_attr->mr_key_size), 0, &mr, nullptr);
+  if (rc != 0) return FabricError(rc, "registering a tenant arena");
+  arena_mrs_.push_back(mr);
+  if (descriptor_.mr_mode() & FI_MR_ENDPOINT) {
+    if ((rc = fi_mr_bind(mr, &ep_->fid, 0)) != 0) return FabricError(rc, "binding an arena registration");
+    if ((rc = fi_mr_enable(mr)) != 0) return FabricError(rc, "enabling an arena registration");
+  }
+  v1::FabricDescriptor d = descriptor_;
+  d.set_key(fi_mr_key(mr));
+  // Without FI_MR_VIRT_ADDR a remote address is an offset into the registration: the client
+  // adds `base` to pool offsets, so base = -offset (mod 2^64) lands on the arena's byte 0.
+  if (!(descriptor_.mr_mode() & FI_MR_VIRT_ADDR)) d.set_base(static_cast<uint64_t>(-offset));
+  return d;
+}
+
 std::string FabricServer::Describe() const {
   return absl::StrFormat("provider %s at %s (%s RMA, mr_mode 0x%x)", descriptor_.provider(), address_text_,
                          descriptor_.software_rma() ? "software" : "hardware", descriptor_.mr_mode());
@@ -154,6 +181,7 @@ std::string FabricServer::Describe() const {
 FabricServer::~FabricServer() {
   stop_ = true;
   if (progress_.joinable()) progress_.join();
+  for (fid_mr* mr : arena_mrs_) CloseFid(&mr->fid);
   CloseFid(mr_ ? &mr_->fid : nullptr);
   CloseFid(ep_ ? &ep_->fid : nullptr);
   CloseFid(cq_ ? &cq_->fid : nullptr);

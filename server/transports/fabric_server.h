@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "sparsekv/v1/control.pb.h"
@@ -24,8 +25,13 @@ class FabricServer {
   // provider: "auto" (hardware providers first: verbs, efa, cxi; then tcp), or a libfabric
   // provider name ("tcp", "verbs", "efa", "cxi", "tcp;ofi_rxm", ...). host: the IPv4 address to
   // bind (the host of [listen] data).
+  // The shared registration covers pool bytes [0, shared_bytes) (the whole pool by default);
+  // tenant arenas get registrations and keys of their own (AddArena).
   static absl::StatusOr<std::unique_ptr<FabricServer>> Start(Pool* pool, const std::string& provider,
-                                                            const std::string& host);
+                                                            const std::string& host, int64_t shared_bytes = 0);
+  // Registers pool bytes [offset, offset + bytes) under a key of its own: the descriptor handed
+  // to that arena's tenant reaches nothing else.
+  absl::StatusOr<v1::FabricDescriptor> AddArena(int64_t offset, int64_t bytes);
   ~FabricServer();
 
   const v1::FabricDescriptor& descriptor() const { return descriptor_; }
@@ -42,6 +48,8 @@ class FabricServer {
   fid_cq* cq_ = nullptr;
   fid_ep* ep_ = nullptr;
   fid_mr* mr_ = nullptr;
+  std::vector<fid_mr*> arena_mrs_;
+  Pool* pool_ = nullptr;
   v1::FabricDescriptor descriptor_;
   std::string address_text_;
   std::atomic<bool> stop_{false};

@@ -46,6 +46,20 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(const Pool* pool, st
   return server;
 }
 
+absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::StartArena(const Pool* pool, std::string socket_path, int fd,
+                                                                 std::string uuid, int mode, int gid) {
+  auto server = Start(pool, socket_path);
+  if (!server.ok()) return server.status();
+  (*server)->fd_ = fd;
+  (*server)->uuid_ = std::move(uuid);
+  if (chmod(socket_path.c_str(), static_cast<mode_t>(mode)) != 0 ||
+      (gid >= 0 && chown(socket_path.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(gid)) != 0)) {
+    return absl::PermissionDeniedError(absl::StrFormat("arena socket %s: cannot set mode %04o / group %d: %s",
+                                                       socket_path, mode, gid, std::strerror(errno)));
+  }
+  return server;
+}
+
 void ShmServer::Serve() {
   pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_pipe_[0], POLLIN, 0}};
   while (true) {
@@ -57,7 +71,7 @@ void ShmServer::Serve() {
     if (fds[1].revents != 0) return;
     int conn = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn < 0) continue;
-    if (auto s = SendPoolFd(conn, pool_->fd(), pool_->uuid()); !s.ok()) {
+    if (auto s = SendPoolFd(conn, fd_ >= 0 ? fd_ : pool_->fd(), fd_ >= 0 ? uuid_ : pool_->uuid()); !s.ok()) {
       SKV_LOG_WARN("shm", "%s", s.message());
     }
     close(conn);

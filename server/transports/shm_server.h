@@ -20,6 +20,10 @@ namespace sparsekv {
 class ShmServer {
  public:
   static absl::StatusOr<std::unique_ptr<ShmServer>> Start(const Pool* pool, std::string socket_path);
+  // Serves one tenant arena's descriptor (`fd`, identified as `uuid`) instead of the pool's; the
+  // socket gets `mode` and, when gid >= 0, that group.
+  static absl::StatusOr<std::unique_ptr<ShmServer>> StartArena(const Pool* pool, std::string socket_path, int fd,
+                                                               std::string uuid, int mode, int gid);
   ~ShmServer();  // stops serving and removes the socket file
 
   const std::string& socket_path() const { return socket_path_; }
@@ -29,6 +33,8 @@ class ShmServer {
   void Serve();
 
   const Pool* pool_ = nullptr;
+  int fd_ = -1;  // an arena's; -1: the pool's
+  std::string uuid_;
   std::string socket_path_;
   int listen_fd_ = -1;
   int wake_pipe_[2] = {-1, -1};

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <random>
 
 #include "absl/strings/str_format.h"
 #include "common/gather_protocol.h"
@@ -77,6 +78,14 @@ absl::StatusOr<std::unique_ptr<TcpGatherServer>> TcpGatherServer::Start(Pool* po
   return server;
 }
 
+uint64_t TcpGatherServer::AddArena(uint64_t begin, uint64_t end) {
+  std::random_device rd;
+  uint64_t secret = 0;
+  while (secret == 0 || arenas_.contains(secret)) secret = (uint64_t{rd()} << 32) ^ rd();
+  arenas_[secret] = {begin, end};
+  return secret;
+}
+
 void TcpGatherServer::AcceptLoop() {
   pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_pipe_[0], POLLIN, 0}};
   while (true) {
@@ -116,10 +125,21 @@ void TcpGatherServer::Serve(int fd) {
     if (h.count > 0 && !ReadFull(fd, ranges.data(), h.count * sizeof(GatherRange))) break;
     uint64_t total = 0;
     std::string problem;
+    uint64_t lo = 0, hi = pool_bytes;
+    if (!arenas_.empty()) {
+      auto arena = arenas_.find(h.secret);
+      if (arena == arenas_.end()) {
+        problem = "the request names no arena of this daemon (wrong or missing gather secret)";
+      } else {
+        lo = arena->second.first;
+        hi = arena->second.second;
+      }
+    }
     for (uint32_t i = 0; i < h.count && problem.empty(); ++i) {
       const GatherRange& r = ranges[i];
-      if (r.offset > pool_bytes || r.bytes > pool_bytes - r.offset) {
-        problem = absl::StrFormat("range %d [%d, +%d) is outside the %d-byte pool", i, r.offset, r.bytes, pool_bytes);
+      if (r.offset < lo || r.offset > hi || r.bytes > hi - r.offset) {
+        problem = absl::StrFormat("range %d [%d, +%d) is outside the arena [%d, %d) this request may touch", i,
+                                  r.offset, r.bytes, lo, hi);
       }
       total += r.bytes;
     }

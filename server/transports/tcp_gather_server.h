@@ -9,6 +9,7 @@
 #ifndef SPARSEKV_SERVER_TRANSPORTS_TCP_GATHER_SERVER_H_
 #define SPARSEKV_SERVER_TRANSPORTS_TCP_GATHER_SERVER_H_
 
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -29,6 +30,9 @@ class TcpGatherServer {
 
   int port() const { return port_; }
   const std::string& host() const { return host_; }
+  // Registers an arena: requests carrying `secret` may touch pool bytes [begin, end) only.
+  // Returns the secret (random, never 0). Call before clients connect.
+  uint64_t AddArena(uint64_t begin, uint64_t end);
 
  private:
   TcpGatherServer() = default;
@@ -36,6 +40,7 @@ class TcpGatherServer {
   void Serve(int fd);
 
   Pool* pool_ = nullptr;
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> arenas_;  // secret -> [begin, end); set before serving
   std::string host_;
   int port_ = 0;
   int listen_fd_ = -1;

@@ -18,7 +18,9 @@ namespace {
 constexpr const char* kLog = "verbs";
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<VerbsServer>> VerbsServer::Start(Pool* pool, const std::string& host) {
+absl::StatusOr<std::unique_ptr<VerbsServer>> VerbsServer::Start(Pool* pool, const std::string& host,
+                                                                int64_t shared_bytes) {
+  if (shared_bytes <= 0) shared_bytes = pool->size_bytes();
   int devices = 0;
   ibv_device** list = ibv_get_device_list(&devices);
   if (list == nullptr || devices == 0) {
@@ -48,7 +50,7 @@ absl::StatusOr<std::unique_ptr<VerbsServer>> VerbsServer::Start(Pool* pool, cons
   if (s->context_ == nullptr) return absl::UnavailableError("verbs: cannot open the RDMA device");
   s->pd_ = ibv_alloc_pd(s->context_);
   if (s->pd_ == nullptr) return absl::UnavailableError("verbs: ibv_alloc_pd failed");
-  s->mr_ = ibv_reg_mr(s->pd_, pool->base(), static_cast<size_t>(pool->size_bytes()),
+  s->mr_ = ibv_reg_mr(s->pd_, pool->base(), static_cast<size_t>(shared_bytes),
                       IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE);
   if (s->mr_ == nullptr) {
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -62,6 +64,16 @@ absl::StatusOr<std::unique_ptr<VerbsServer>> VerbsServer::Start(Pool* pool, cons
   if (pipe2(s->wake_pipe_, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
   s->events_ = std::thread([p = s.get()] { p->EventLoop(); });
   return s;
+}
+
+absl::StatusOr<v1::VerbsDescriptor> VerbsServer::AddArena(int64_t offset, int64_t bytes) {
+  ibv_mr* mr = ibv_reg_mr(pd_, pool_->base() + offset, static_cast<size_t>(bytes),
+                          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE);
+  if (mr == nullptr) return absl::ResourceExhaustedError(absl::StrFormat("verbs: cannot register an arena: %s", std::strerror(errno)));
+  arena_mrs_.push_back(mr);
+  v1::VerbsDescriptor d = descriptor_;
+  d.set_rkey(mr->rkey);
+  return d;
 }
 
 void VerbsServer::EventLoop() {
@@ -125,6 +137,7 @@ VerbsServer::~VerbsServer() {
     rdma_destroy_qp(id);
     rdma_destroy_id(id);
   }
+  for (ibv_mr* mr : arena_mrs_) ibv_dereg_mr(mr);
   if (mr_ != nullptr) ibv_dereg_mr(mr_);
   if (pd_ != nullptr) ibv_dealloc_pd(pd_);
   if (context_ != nullptr && (listener_ == nullptr || context_ != listener_->verbs)) ibv_close_device(context_);

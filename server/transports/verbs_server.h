@@ -22,7 +22,10 @@ namespace sparsekv {
 class VerbsServer {
  public:
   // FAILED_PRECONDITION "no RDMA device" where ibv_get_device_list finds none.
-  static absl::StatusOr<std::unique_ptr<VerbsServer>> Start(Pool* pool, const std::string& host);
+  static absl::StatusOr<std::unique_ptr<VerbsServer>> Start(Pool* pool, const std::string& host,
+                                                           int64_t shared_bytes = 0);
+  // A registration (rkey) of pool bytes [offset, offset + bytes) only, for one tenant arena.
+  absl::StatusOr<v1::VerbsDescriptor> AddArena(int64_t offset, int64_t bytes);
   ~VerbsServer();
   const v1::VerbsDescriptor& descriptor() const { return descriptor_; }
 
@@ -36,6 +39,7 @@ class VerbsServer {
   ibv_context* context_ = nullptr;
   ibv_pd* pd_ = nullptr;
   ibv_mr* mr_ = nullptr;
+  std::vector<ibv_mr*> arena_mrs_;
   std::vector<rdma_cm_id*> connections_;
   int wake_pipe_[2] = {-1, -1};
   std::thread events_;

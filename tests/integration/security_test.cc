@@ -7,6 +7,14 @@
 
 #include <fstream>
 
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include "client/transports/fabric_transport.h"
+#include "client/transports/tcp_gather_transport.h"
+#include "common/entry_pattern.h"
+#include "common/fd_passing.h"
+#include "sparsekv/v1/control.grpc.pb.h"
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/pattern_regions.h"
 
@@ -251,4 +259,105 @@ TEST_CASE("security: sparsekvctl tenants shows each tenant's use against its quo
           std::string::npos);
   REQUIRE(out.out.find("{\"name\":\"team-b\",\"used_bytes\":0,\"regions\":0") != std::string::npos);
   REQUIRE(daemon.Ctl(std::string("--token ") + kTokenA + " tenants").exit_code == 1);  // admin only
+}
+
+namespace {
+
+// OpenRegion as a tenant over the raw control plane: the descriptors the client library gets.
+v1::OpenRegionResponse RawOpen(const DaemonFixture& d, const std::string& token, const std::string& key) {
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", std::string("Bearer ") + token);
+  v1::OpenRegionRequest req;
+  req.set_key(key);
+  v1::OpenRegionResponse reply;
+  auto st = stub->OpenRegion(&ctx, req, &reply);
+  REQUIRE(st.ok());
+  return reply;
+}
+
+// Pool offset of token 0 of layer 0.
+int64_t FirstEntryOffset(const v1::OpenRegionResponse& r) {
+  return static_cast<int64_t>(r.layers(0).pages(0)) * r.info().geometry().page_bytes();
+}
+
+}  // namespace
+
+TEST_CASE("security: the data-plane descriptors handed to a tenant reach its own arena only", "[security][fabric][tcp]") {
+  TempDir dir;
+  std::string path = dir.path() + "/tenants.toml";
+  std::ofstream(path) << "[tenants.team-a]\ntokens = [\"" << kTokenA << "\"]\nquota = \"8MiB\"\nsocket_mode = \"0600\"\n"
+                      << "[tenants.team-b]\ntokens = [\"" << kTokenB << "\"]\nquota = \"8MiB\"\n";
+  chmod(path.c_str(), 0600);
+  DaemonFixture daemon({.pool_size = "64MiB", .extra_args = {"--tenants-file", path}});
+  auto a = As(daemon, kTokenA);
+  auto b = As(daemon, kTokenB);
+  REQUIRE(MakePatternRegion(**a, "mine", 2, 656, 500, 61, true).ok());
+  REQUIRE(MakePatternRegion(**b, "theirs", 2, 656, 500, 62, true).ok());
+  // Both work through the library on every path.
+  for (const char* t : {"shm", "tcp", "fabric"}) {
+    auto c = As(daemon, kTokenB, {.transport = t});
+    auto r = (*c)->Open("theirs");
+    REQUIRE(r.ok());
+    REQUIRE(VerifyAllLayers(**r, 62, {0, 250, 499}) == 0);
+  }
+  const v1::OpenRegionResponse da = RawOpen(daemon, kTokenA, "mine");
+  const v1::OpenRegionResponse db = RawOpen(daemon, kTokenB, "theirs");
+  const int64_t a_entry = FirstEntryOffset(da), b_entry = FirstEntryOffset(db);
+  const auto& ashm = da.transport().shm();
+  INFO("a arena at " << ashm.arena_offset() << " +" << ashm.pool_bytes() << ", b entry at " << b_entry);
+  REQUIRE(ashm.pool_bytes() == 8 << 20);
+  REQUIRE(ashm.fd_socket_path() != db.transport().shm().fd_socket_path());
+  REQUIRE(da.transport().fabric().key() != db.transport().fabric().key());
+  REQUIRE(da.transport().gather_secret() != db.transport().gather_secret());
+
+  SECTION("shm: the file handed to team-a holds team-a's arena and nothing else") {
+    struct stat st {};
+    REQUIRE(stat(ashm.fd_socket_path().c_str(), &st) == 0);
+    REQUIRE((st.st_mode & 0777) == 0600);  // socket_mode from the tenants file
+    auto received = ReceivePoolFd(ashm.fd_socket_path());
+    REQUIRE(received.ok());
+    REQUIRE(fstat(received->fd, &st) == 0);
+    REQUIRE(st.st_size == ashm.pool_bytes());  // no byte of another arena is in this file
+    REQUIRE((b_entry < ashm.arena_offset() || b_entry >= ashm.arena_offset() + ashm.pool_bytes()));
+    // Its bytes are team-a's own: the entry the page table names is there.
+    std::vector<std::byte> got(656), want(656);
+    REQUIRE(pread(received->fd, got.data(), 656, a_entry - ashm.arena_offset()) == 656);
+    FillEntry(61, 0, 0, 656, want.data());
+    REQUIRE(got == want);
+    close(received->fd);
+  }
+  SECTION("fabric: team-a's key reads team-a's arena and is refused on team-b's") {
+    auto t = FabricTransport::Open(da.transport().fabric(), "127.0.0.1", 2000, false);
+    REQUIRE(t.ok());
+    std::vector<std::byte> got(656), want(656);
+    std::vector<int64_t> mine = {a_entry};
+    REQUIRE((*t)->Gather(mine, 656, got.data()).ok());
+    FillEntry(61, 0, 0, 656, want.data());
+    REQUIRE(got == want);
+    std::vector<int64_t> theirs = {b_entry};
+    std::fill(got.begin(), got.end(), std::byte{0});
+    auto st = (*t)->Gather(theirs, 656, got.data());
+    INFO(st.ToString());
+    REQUIRE_FALSE(st.ok());
+    FillEntry(62, 0, 0, 656, want.data());
+    REQUIRE(got != want);
+  }
+  SECTION("tcp-gather: team-a's secret reads team-a's arena only; no secret reads nothing") {
+    const auto& d = da.transport();
+    TcpGatherTransport t(d.gather_host(), d.gather_port(), 2000, 1, d.gather_secret());
+    std::vector<std::byte> got(656), want(656);
+    std::vector<int64_t> mine = {a_entry}, theirs = {b_entry};
+    REQUIRE(t.Gather(mine, 656, got.data()).ok());
+    auto st = t.Gather(theirs, 656, got.data());
+    REQUIRE(st.code() == absl::StatusCode::kInvalidArgument);
+    REQUIRE(std::string(st.message()).find("outside the arena") != std::string::npos);
+    TcpGatherTransport guess(d.gather_host(), d.gather_port(), 2000, 1, 0);
+    REQUIRE(guess.Gather(theirs, 656, got.data()).code() == absl::StatusCode::kInvalidArgument);
+    // Writes are held to the same arena.
+    REQUIRE(t.Scatter(want.data(), 656, theirs).code() == absl::StatusCode::kInvalidArgument);
+  }
+  // team-b's bytes are intact after all of it.
+  auto rb = (*b)->Open("theirs");
+  REQUIRE(VerifyAllLayers(**rb, 62, {0, 1, 499}) == 0);
 }

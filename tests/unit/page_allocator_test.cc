@@ -44,3 +44,21 @@ TEST_CASE("freed pages come back: quarantined pages only after their deadline", 
   alloc.Free(b);
   REQUIRE(alloc.free_pages() == 2);
 }
+
+TEST_CASE("page allocator: AllocateIn takes pages of one range only, all or nothing", "[allocator]") {
+  sparsekv::PageAllocator a(100);
+  std::vector<uint32_t> got;
+  REQUIRE(a.AllocateIn(10, 60, 80, &got).ok());
+  REQUIRE(got.size() == 10);
+  for (uint32_t p : got) REQUIRE((p >= 60 && p < 80));
+  REQUIRE(a.free_pages_in(60, 80) == 10);
+  REQUIRE(a.free_pages() == 90);
+  std::vector<uint32_t> more;
+  REQUIRE(a.AllocateIn(11, 60, 80, &more).code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE(more.empty());
+  REQUIRE(a.free_pages_in(60, 80) == 10);
+  a.Free(got);
+  REQUIRE(a.free_pages_in(60, 80) == 20);
+  REQUIRE(a.AllocateIn(20, 60, 80, &more).ok());
+  REQUIRE(a.free_pages_in(0, 60) == 60);
+}
