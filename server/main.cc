@@ -314,6 +314,7 @@ int Run(int argc, char** argv) {
       return 1;
     }
     gather = std::move(*started_gather);
+    if (!pool->get()->arenas().empty()) gather->RequireSecrets();  // no window where arenas are open
     network.set_gather_host(gather->host());
     network.set_gather_port(gather->port());
     data_paths.push_back(absl::StrFormat("tcp-gather: server-side gather on %s:%d", gather->host(), gather->port()));

@@ -78,7 +78,14 @@ absl::StatusOr<std::unique_ptr<TcpGatherServer>> TcpGatherServer::Start(Pool* po
   return server;
 }
 
+void TcpGatherServer::RequireSecrets() {
+  absl::MutexLock lock(&arena_mu_);
+  require_secret_ = true;
+}
+
 uint64_t TcpGatherServer::AddArena(uint64_t begin, uint64_t end) {
+  absl::MutexLock lock(&arena_mu_);
+  require_secret_ = true;
   std::random_device rd;
   uint64_t secret = 0;
   while (secret == 0 || arenas_.contains(secret)) secret = (uint64_t{rd()} << 32) ^ rd();
@@ -126,13 +133,16 @@ void TcpGatherServer::Serve(int fd) {
     uint64_t total = 0;
     std::string problem;
     uint64_t lo = 0, hi = pool_bytes;
-    if (!arenas_.empty()) {
-      auto arena = arenas_.find(h.secret);
-      if (arena == arenas_.end()) {
-        problem = "the request names no arena of this daemon (wrong or missing gather secret)";
-      } else {
-        lo = arena->second.first;
-        hi = arena->second.second;
+    {
+      absl::ReaderMutexLock lock(&arena_mu_);
+      if (require_secret_) {
+        auto arena = arenas_.find(h.secret);
+        if (arena == arenas_.end()) {
+          problem = "the request names no arena of this daemon (wrong or missing gather secret)";
+        } else {
+          lo = arena->second.first;
+          hi = arena->second.second;
+        }
       }
     }
     for (uint32_t i = 0; i < h.count && problem.empty(); ++i) {

@@ -30,8 +30,11 @@ class TcpGatherServer {
 
   int port() const { return port_; }
   const std::string& host() const { return host_; }
+  // From now on every request must carry the secret of an arena (AddArena) and stays inside it;
+  // before, requests may touch the whole pool. Call right after Start when the pool has arenas.
+  void RequireSecrets();
   // Registers an arena: requests carrying `secret` may touch pool bytes [begin, end) only.
-  // Returns the secret (random, never 0). Call before clients connect.
+  // Returns the secret (random, never 0).
   uint64_t AddArena(uint64_t begin, uint64_t end);
 
  private:
@@ -40,7 +43,9 @@ class TcpGatherServer {
   void Serve(int fd);
 
   Pool* pool_ = nullptr;
-  std::map<uint64_t, std::pair<uint64_t, uint64_t>> arenas_;  // secret -> [begin, end); set before serving
+  absl::Mutex arena_mu_;
+  bool require_secret_ ABSL_GUARDED_BY(arena_mu_) = false;
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> arenas_ ABSL_GUARDED_BY(arena_mu_);  // secret -> [begin, end)
   std::string host_;
   int port_ = 0;
   int listen_fd_ = -1;
