@@ -45,11 +45,11 @@ grpc::Status ControlService::Serve(const char* method, grpc::ServerContext* cont
   auto start = std::chrono::steady_clock::now();
   absl::StatusOr<Response> result;
   Caller caller{"", true};
-  if (auth_ != nullptr) {
+  if (const auto auth = auth_.load(); auth != nullptr) {
     std::string header;
     const auto& metadata = context->client_metadata();
     if (auto it = metadata.find("authorization"); it != metadata.end()) header.assign(it->second.data(), it->second.size());
-    auto authenticated = auth_->Authenticate(header);
+    auto authenticated = auth->Authenticate(header);
     if (authenticated.ok()) caller = *authenticated;
     else result = authenticated.status();
   }

@@ -5,6 +5,9 @@
 #ifndef SPARSEKV_SERVER_CONTROL_SERVICE_H_
 #define SPARSEKV_SERVER_CONTROL_SERVICE_H_
 
+#include <atomic>
+#include <memory>
+
 #include "server/auth.h"
 #include "server/metrics.h"
 #include "server/region_table.h"
@@ -15,8 +18,11 @@ namespace sparsekv {
 class ControlService final : public v1::Control::Service {
  public:
   // `auth` null: no authentication, every caller is the admin of one implicit tenant.
-  ControlService(RegionTable* table, Metrics* metrics, const TenantDirectory* auth = nullptr)
-      : table_(table), metrics_(metrics), auth_(auth) {}
+  ControlService(RegionTable* table, Metrics* metrics, std::shared_ptr<const TenantDirectory> auth = nullptr)
+      : table_(table), metrics_(metrics), auth_(std::move(auth)) {}
+  // Swaps in a reloaded tenants file (SIGHUP): new tokens apply to the next call.
+  void SetTenants(std::shared_ptr<const TenantDirectory> auth) { auth_.store(std::move(auth)); }
+  std::shared_ptr<const TenantDirectory> tenants() const { return auth_.load(); }
 
   grpc::Status CreateRegion(grpc::ServerContext*, const v1::CreateRegionRequest* request,
                             v1::OpenRegionResponse* response) override;
@@ -56,7 +62,7 @@ class ControlService final : public v1::Control::Service {
 
   RegionTable* table_;
   Metrics* metrics_;
-  const TenantDirectory* auth_;
+  std::atomic<std::shared_ptr<const TenantDirectory>> auth_;
 };
 
 }  // namespace sparsekv

@@ -77,7 +77,40 @@ void NotifyStatus(const std::string& status) { Notify(absl::StrCat("STATUS=", st
 
 // Re-reads the config (same command line, so flags still override the file) and applies what
 // may change at run time. Everything else is reported as needing a restart.
-void Reload(const std::vector<std::string>& args, RegionTable* table) {
+// Re-reads the tenants file: tokens, region limits and guarantees change at once; quotas are
+// arena sizes and need a restart, so a file that changes one is refused whole.
+void ReloadTenants(const DaemonConfig& running, const DaemonConfig& next, RegionTable* table, ControlService* service) {
+  if (next.tenants_file.empty() != running.tenants_file.empty()) {
+    SKV_LOG_WARN("reload", "auth.tenants_file: turning authentication on or off needs a restart");
+    return;
+  }
+  if (next.tenants_file.empty()) return;
+  auto loaded = TenantDirectory::Load(next.tenants_file);
+  if (!loaded.ok()) {
+    SKV_LOG_ERROR("reload", "tenants not reloaded, keeping the running tokens and limits: %s", loaded.status().message());
+    return;
+  }
+  const auto current = service->tenants();
+  std::vector<std::string> arena_changes;
+  for (const auto& [name, policy] : loaded->tenants()) {
+    auto it = current->tenants().find(name);
+    const int64_t was = it == current->tenants().end() ? 0 : it->second.quota_bytes;
+    if (policy.quota_bytes != was) arena_changes.push_back(name);
+  }
+  for (const auto& [name, policy] : current->tenants()) {
+    if (policy.quota_bytes > 0 && !loaded->tenants().contains(name)) arena_changes.push_back(name);
+  }
+  if (!arena_changes.empty()) {
+    SKV_LOG_ERROR("reload", "tenants not reloaded: the quota (arena size) of %s changed, which needs a restart; "
+                  "the running tokens and limits stay", absl::StrJoin(arena_changes, ", "));
+    return;
+  }
+  table->SetTenants(loaded->tenants());
+  SKV_LOG_INFO("reload", "tenants reloaded: %d tenants, %d tokens", loaded->tenants().size(), loaded->token_count());
+  service->SetTenants(std::make_shared<const TenantDirectory>(*std::move(loaded)));
+}
+
+void Reload(const std::vector<std::string>& args, RegionTable* table, ControlService* service) {
   bool help = false;
   auto next = ParseDaemonArgs(args, &help);
   if (!next.ok()) {
@@ -92,6 +125,11 @@ void Reload(const std::vector<std::string>& args, RegionTable* table) {
   if (next->listen != running.listen) restart.push_back("listen.tcp");
   if (next->metrics_listen != running.metrics_listen) restart.push_back("metrics.listen");
   if (next->reap_interval_ms != running.reap_interval_ms) restart.push_back("leases.reap_interval_ms");
+  if (next->tenants_file != running.tenants_file && !next->tenants_file.empty() && !running.tenants_file.empty()) {
+    restart.push_back("auth.tenants_file (the path)");
+  } else {
+    ReloadTenants(running, *next, table, service);
+  }
   table->ApplyRuntimeConfig(*next);
   SetLogLevel(next->log_level);
   SKV_LOG_INFO("reload", "applied: lease %d ms, limits %d regions / %d layers / %d-byte entries / %d tokens, log level %d%s",
@@ -268,7 +306,7 @@ int Run(int argc, char** argv) {
   }
   RegionTable table(pool->get(), config, std::move(*policy), shm ? shm->socket_path() : "");
   Metrics metrics;
-  std::optional<TenantDirectory> tenants;
+  std::shared_ptr<const TenantDirectory> tenants;
   int64_t shared_bytes = pool->get()->size_bytes();  // below the tenant arenas
   if (!config.tenants_file.empty()) {
     auto loaded = TenantDirectory::Load(config.tenants_file);
@@ -276,7 +314,7 @@ int Run(int argc, char** argv) {
       SKV_LOG_ERROR(kLog, "%s", loaded.status().message());
       return 1;
     }
-    tenants = *std::move(loaded);
+    tenants = std::make_shared<const TenantDirectory>(*std::move(loaded));
     table.SetTenants(tenants->tenants());
     // Data-plane isolation: every tenant with a quota gets an arena of that size with a shared-
     // memory file, fabric registrations and a gather secret of its own.
@@ -301,7 +339,7 @@ int Run(int argc, char** argv) {
     SKV_LOG_INFO("auth", "bearer tokens required: %d tenants, %d tokens from %s", tenants->tenants().size(),
                  tenants->token_count(), config.tenants_file);
   }
-  ControlService service(&table, &metrics, tenants ? &*tenants : nullptr);
+  ControlService service(&table, &metrics, tenants);
 
   v1::TransportDescriptor network;
   std::vector<std::string> data_paths = {
@@ -562,7 +600,7 @@ int Run(int argc, char** argv) {
     sigwait(&signals, &sig);
     if (sig == SIGHUP) {
       Notify("RELOADING=1\nSTATUS=reloading config");
-      Reload(args, &table);
+      Reload(args, &table, &service);
       Notify(absl::StrCat("READY=1\nSTATUS=", ready_status));
       continue;
     }

@@ -5,6 +5,8 @@
 
 #include <sys/stat.h>
 
+#include <csignal>
+
 #include <fstream>
 
 #include <grpcpp/grpcpp.h>
@@ -360,4 +362,36 @@ TEST_CASE("security: the data-plane descriptors handed to a tenant reach its own
   // team-b's bytes are intact after all of it.
   auto rb = (*b)->Open("theirs");
   REQUIRE(VerifyAllLayers(**rb, 62, {0, 1, 499}) == 0);
+}
+
+TEST_CASE("security: SIGHUP rotates tokens; a changed quota (arena size) is refused until a restart", "[security][reload]") {
+  TempDir dir;
+  const std::string path = WriteTenants(dir);
+  DaemonFixture daemon({.extra_args = {"--tenants-file", path}});
+  auto old_a = As(daemon, kTokenA);
+  REQUIRE((*old_a)->Create({"before", 1, 656, 10, 0}).ok());
+  const std::string rotated = "tenant-a-rotated-secret-42";
+  auto rewrite = [&](const std::string& token_a, const std::string& quota_a) {
+    std::ofstream(path) << "[admin]\ntokens = [\"" << kAdmin << "\"]\n"
+                        << "[tenants.team-a]\ntokens = [\"" << token_a << "\"]\nquota = \"" << quota_a << "\"\nmax_regions = 3\n"
+                        << "[tenants.team-b]\ntokens = [\"" << kTokenB << "\"]\n";
+  };
+  auto hup = [&](const std::string& expect) {
+    kill(daemon.pid(), SIGHUP);
+    for (int i = 0; i < 50 && daemon.Log().find(expect) == std::string::npos; ++i) usleep(50000);
+    INFO(daemon.Log());
+    REQUIRE(daemon.Log().find(expect) != std::string::npos);
+  };
+  // A quota change is refused whole: the old token still works, the new one does not.
+  rewrite(rotated, "16MiB");
+  hup("quota (arena size) of team-a changed");
+  REQUIRE((*old_a)->Open("before").ok());
+  REQUIRE((*As(daemon, rotated))->Open("before").status().code() == absl::StatusCode::kUnauthenticated);
+  // Rotating the token alone applies at once, to the same tenant and its regions.
+  rewrite(rotated, "8MiB");
+  hup("tenants reloaded");
+  REQUIRE((*old_a)->Open("before").status().code() == absl::StatusCode::kUnauthenticated);
+  auto new_a = As(daemon, rotated);
+  REQUIRE((*new_a)->Open("before").ok());
+  REQUIRE(daemon.Log().find(rotated) == std::string::npos);
 }
