@@ -364,7 +364,7 @@ TEST_CASE("security: the data-plane descriptors handed to a tenant reach its own
   REQUIRE(VerifyAllLayers(**rb, 62, {0, 1, 499}) == 0);
 }
 
-TEST_CASE("security: SIGHUP rotates tokens; a changed quota (arena size) is refused until a restart", "[security][reload]") {
+TEST_CASE("security: SIGHUP rotates tokens, and a changed quota (arena size) is refused until a restart", "[security][reload]") {
   TempDir dir;
   const std::string path = WriteTenants(dir);
   DaemonFixture daemon({.extra_args = {"--tenants-file", path}});
