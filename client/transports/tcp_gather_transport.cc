@@ -123,8 +123,8 @@ void TcpGatherTransport::Release(int fd) {
   idle_.push_back(fd);
 }
 
-absl::Status TcpGatherTransport::Call(uint32_t op, absl::Span<const int64_t> offsets, int32_t entry_bytes,
-                                      const std::byte* payload, std::byte* reply_dst) {
+absl::Status TcpGatherTransport::Write(absl::Span<const int64_t> offsets, int32_t entry_bytes,
+                                       const std::byte* payload) {
   if (offsets.empty()) return absl::OkStatus();
   const uint64_t total = static_cast<uint64_t>(offsets.size()) * static_cast<uint64_t>(entry_bytes);
   if (offsets.size() > kGatherMaxRanges || total > kGatherMaxBytes) {
@@ -135,14 +135,16 @@ absl::Status TcpGatherTransport::Call(uint32_t op, absl::Span<const int64_t> off
   auto fd = Acquire();
   if (!fd.ok()) return fd.status();
   const uint64_t id = next_id_++;
-  const std::string what = absl::StrFormat("tcp-gather %s to %s:%d", op == 1 ? "read" : "write", host_, port_);
+  const std::string what = absl::StrFormat("tcp-gather write to %s:%d", host_, port_);
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   thread_local std::vector<GatherRange> ranges;
   ranges.resize(offsets.size());
   for (size_t i = 0; i < offsets.size(); ++i) ranges[i] = {static_cast<uint64_t>(offsets[i]), static_cast<uint32_t>(entry_bytes), 0};
-  GatherRequestHeader h{kGatherMagic, op, id, static_cast<uint32_t>(offsets.size()), 0, secret_};
-  std::vector<iovec> iov = {{&h, sizeof(h)}, {ranges.data(), ranges.size() * sizeof(GatherRange)}};
-  if (payload != nullptr) iov.push_back({const_cast<std::byte*>(payload), total});
+  GatherRequestHeader h{kGatherMagic, static_cast<uint32_t>(GatherOp::kWrite), id,
+                        static_cast<uint32_t>(offsets.size()), 0, secret_};
+  std::vector<iovec> iov = {{&h, sizeof(h)},
+                            {ranges.data(), ranges.size() * sizeof(GatherRange)},
+                            {const_cast<std::byte*>(payload), total}};
   absl::Status status = SendAll(*fd, std::move(iov), deadline, what);
   GatherResponseHeader reply{};
   if (status.ok()) status = RecvAll(*fd, &reply, sizeof(reply), deadline, what);
@@ -154,13 +156,6 @@ absl::Status TcpGatherTransport::Call(uint32_t op, absl::Span<const int64_t> off
     (void)RecvAll(*fd, message.data(), message.size(), deadline, what);
     close(*fd);  // stream position unknown past the message: do not reuse
     return absl::InvalidArgumentError(absl::StrFormat("%s refused: %s", what, message));
-  }
-  if (status.ok() && reply_dst != nullptr) {
-    if (reply.payload_bytes != total) {
-      status = absl::DataLossError(absl::StrFormat("%s: %d bytes announced, %d expected", what, reply.payload_bytes, total));
-    } else {
-      status = RecvAll(*fd, reply_dst, total, deadline, what);
-    }
   }
   if (!status.ok()) {
     close(*fd);
@@ -361,7 +356,7 @@ absl::Status TcpGatherTransport::GatherBatch(absl::Span<const GatherWork> work) 
 }
 
 absl::Status TcpGatherTransport::Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) {
-  return Call(static_cast<uint32_t>(GatherOp::kWrite), pool_offsets, entry_bytes, src, nullptr);
+  return Write(pool_offsets, entry_bytes, src);
 }
 
 }  // namespace sparsekv

@@ -39,8 +39,9 @@ class TcpGatherTransport final : public Transport {
  private:
   absl::StatusOr<int> Acquire();
   void Release(int fd);
-  absl::Status Call(uint32_t op, absl::Span<const int64_t> offsets, int32_t entry_bytes, const std::byte* payload,
-                    std::byte* reply_dst);
+  // One write request: ranges and payload in one message, an empty reply. (Reads go through
+  // GatherBatch.)
+  absl::Status Write(absl::Span<const int64_t> offsets, int32_t entry_bytes, const std::byte* payload);
 
   const std::string host_;
   const int port_;
