@@ -56,6 +56,26 @@ class Transport {
   std::string reason_;
 };
 
+// One-sided RMA transports (libfabric, verbs): one primitive moves a batch either way; reads of
+// one item and writes are batches of one.
+class RmaTransport : public Transport {
+ public:
+  absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) override {
+    GatherWork one{pool_offsets, entry_bytes, dst};
+    return Transfer(false, absl::MakeConstSpan(&one, 1));
+  }
+  absl::Status Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) override {
+    GatherWork one{pool_offsets, entry_bytes, const_cast<std::byte*>(src)};
+    return Transfer(true, absl::MakeConstSpan(&one, 1));
+  }
+  absl::Status GatherBatch(absl::Span<const GatherWork> work) override { return Transfer(false, work); }
+  bool prefers_batch() const override { return true; }
+
+ protected:
+  // Moves the entries of `work` between work.dst and the pool: reads, or writes from work.dst.
+  virtual absl::Status Transfer(bool write, absl::Span<const GatherWork> work) = 0;
+};
+
 }  // namespace sparsekv
 
 #endif  // SPARSEKV_CLIENT_TRANSPORT_H_

@@ -285,16 +285,4 @@ absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> 
   return absl::OkStatus();
 }
 
-absl::Status FabricTransport::Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) {
-  GatherWork one{pool_offsets, entry_bytes, dst};
-  return Transfer(false, absl::MakeConstSpan(&one, 1));
-}
-
-absl::Status FabricTransport::GatherBatch(absl::Span<const GatherWork> work) { return Transfer(false, work); }
-
-absl::Status FabricTransport::Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) {
-  GatherWork one{pool_offsets, entry_bytes, const_cast<std::byte*>(src)};
-  return Transfer(true, absl::MakeConstSpan(&one, 1));
-}
-
 }  // namespace sparsekv

@@ -28,7 +28,7 @@
 
 namespace sparsekv {
 
-class FabricTransport final : public Transport {
+class FabricTransport final : public RmaTransport {
  public:
   // control_host replaces an IPv4 0.0.0.0 in the daemon's address.
   static absl::StatusOr<std::shared_ptr<FabricTransport>> Open(const v1::FabricDescriptor& daemon,
@@ -37,10 +37,6 @@ class FabricTransport final : public Transport {
   ~FabricTransport() override;
 
   const char* name() const override { return "fabric"; }
-  absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) override;
-  absl::Status Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) override;
-  absl::Status GatherBatch(absl::Span<const GatherWork> work) override;
-  bool prefers_batch() const override { return true; }
 
   absl::Status RegisterBuffer(void* addr, size_t bytes) override;
   absl::Status UnregisterBuffer(void* addr) override;
@@ -53,8 +49,7 @@ class FabricTransport final : public Transport {
   FabricTransport() = default;
   absl::StatusOr<std::unique_ptr<Lane>> AcquireLane();
   void ReleaseLane(std::unique_ptr<Lane> lane);
-  // Moves the entries of `work` between work.dst and the pool: reads, or writes from work.dst.
-  absl::Status Transfer(bool write, absl::Span<const GatherWork> work);
+  absl::Status Transfer(bool write, absl::Span<const GatherWork> work) override;
   void* DescFor(const std::byte* p, size_t len);  // registered buffer's descriptor, or null
 
   fi_info* info_ = nullptr;

@@ -327,16 +327,4 @@ absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> w
   return absl::OkStatus();
 }
 
-absl::Status VerbsTransport::Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) {
-  GatherWork one{pool_offsets, entry_bytes, dst};
-  return Transfer(false, absl::MakeConstSpan(&one, 1));
-}
-
-absl::Status VerbsTransport::GatherBatch(absl::Span<const GatherWork> work) { return Transfer(false, work); }
-
-absl::Status VerbsTransport::Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) {
-  GatherWork one{pool_offsets, entry_bytes, const_cast<std::byte*>(src)};
-  return Transfer(true, absl::MakeConstSpan(&one, 1));
-}
-
 }  // namespace sparsekv

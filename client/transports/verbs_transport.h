@@ -27,17 +27,13 @@ namespace sparsekv {
 // Names of the RDMA devices on this host (ibv_get_device_list); empty without any.
 std::vector<std::string> RdmaDevices();
 
-class VerbsTransport final : public Transport {
+class VerbsTransport final : public RmaTransport {
  public:
   static absl::StatusOr<std::shared_ptr<VerbsTransport>> Connect(const v1::VerbsDescriptor& daemon,
                                                                  const std::string& control_host, int64_t timeout_ms);
   ~VerbsTransport() override;
 
   const char* name() const override { return "verbs"; }
-  absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) override;
-  absl::Status Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) override;
-  absl::Status GatherBatch(absl::Span<const GatherWork> work) override;
-  bool prefers_batch() const override { return true; }
   absl::Status RegisterBuffer(void* addr, size_t bytes) override;
   absl::Status UnregisterBuffer(void* addr) override;
 
@@ -47,7 +43,7 @@ class VerbsTransport final : public Transport {
   VerbsTransport() = default;
   absl::StatusOr<std::unique_ptr<Connection>> AcquireConnection();
   void ReleaseConnection(std::unique_ptr<Connection> c);
-  absl::Status Transfer(bool write, absl::Span<const GatherWork> work);
+  absl::Status Transfer(bool write, absl::Span<const GatherWork> work) override;
   ibv_mr* MrFor(const std::byte* p, size_t len);
 
   v1::VerbsDescriptor daemon_;
