@@ -25,6 +25,7 @@
 #include "client/transports/verbs_transport.h"
 #include "common/log.h"
 #include "client/worker_pool.h"
+#include "common/checked.h"
 #include "common/geometry.h"
 #include "common/grpc_status.h"
 #include "common/grpc_tls.h"
@@ -118,6 +119,10 @@ struct Region::State {
   std::atomic<bool> revoked{false};
   std::atomic<bool> has_checksum{false};  // the daemon's checksum of the sealed entries
   std::atomic<uint64_t> checksum{0};
+  std::atomic<bool> writable{false};        // this handle holds the region's write lease
+  std::atomic<int64_t> written_end{0};      // one past the last token this handle wrote
+  // Page numbers the daemon may name: those of the pool (or arena) this handle reaches.
+  int64_t page_lo = 0, page_hi = INT64_MAX;
 
   mutable absl::Mutex mu;
   std::string revoked_reason ABSL_GUARDED_BY(mu);
@@ -125,12 +130,43 @@ struct Region::State {
 
   absl::Mutex write_mu;  // serializes Append, Reserve, Commit, Refresh of one handle
 
-  // Takes over what an open (or create) reply says; `sent_ns` is when the request left.
-  void Adopt(const v1::OpenRegionResponse& reply, int64_t sent_ns) {
+  // A page table from the wire, checked before anything trusts it: one list per layer, enough
+  // pages for the capacity, every page inside the pool this handle reaches.
+  absl::StatusOr<std::shared_ptr<PageTable>> ParseTable(
+      const google::protobuf::RepeatedPtrField<v1::LayerPages>& layers, int64_t capacity) const {
+    if (layers.size() != geometry.layers || capacity < 0) {
+      return absl::DataLossError(absl::StrFormat(
+          "the daemon described region '%s' inconsistently: %d page lists for %d layers, capacity %d", key,
+          layers.size(), geometry.layers, capacity));
+    }
+    const int64_t need = geometry.PagesPerLayer(capacity);
     auto next = std::make_shared<PageTable>();
-    for (const auto& layer : reply.layers()) next->layers.emplace_back(layer.pages().begin(), layer.pages().end());
-    next->capacity_tokens = reply.info().capacity_tokens();
-    table.store(std::move(next), std::memory_order_release);
+    next->layers.reserve(layers.size());
+    for (const auto& layer : layers) {
+      if (layer.pages_size() < need) {
+        return absl::DataLossError(absl::StrFormat(
+            "the daemon described region '%s' inconsistently: %d pages in a layer, %d tokens need %d", key,
+            layer.pages_size(), capacity, need));
+      }
+      for (uint32_t page : layer.pages()) {
+        if (page < page_lo || page >= page_hi) {
+          return absl::DataLossError(absl::StrFormat(
+              "the daemon described region '%s' inconsistently: page %d is outside the pool's pages [%d, %d)", key,
+              page, page_lo, page_hi));
+        }
+      }
+      next->layers.emplace_back(layer.pages().begin(), layer.pages().end());
+    }
+    next->capacity_tokens = capacity;
+    return next;
+  }
+
+  // Takes over what an open (or create) reply says; `sent_ns` is when the request left.
+  absl::Status Adopt(const v1::OpenRegionResponse& reply, int64_t sent_ns) {
+    auto next = ParseTable(reply.layers(), reply.info().capacity_tokens());
+    if (!next.ok()) return next.status();
+    table.store(*std::move(next), std::memory_order_release);
+    writable.store(reply.lease().writer(), std::memory_order_release);
     committed.store(reply.info().committed_tokens(), std::memory_order_release);
     sealed.store(reply.info().sealed());
     checksum.store(reply.info().checksum());
@@ -147,6 +183,20 @@ struct Region::State {
       renew_error.clear();
     }
     revoked.store(false, std::memory_order_release);
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckWritable(const char* what) const {
+    if (writable.load(std::memory_order_acquire)) return absl::OkStatus();
+    if (sealed.load()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s to region '%s' refused: it is sealed at %d tokens and never changes again", what, key, committed.load()));
+    }
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s to region '%s' refused: this handle is read-only (from Client::Open, or it released or lost the "
+        "write lease); one handle at a time writes a region: its creator until it seals or calls ReleaseWrite(), "
+        "then one from Client::OpenForWrite",
+        what, key));
   }
 
   absl::Status CheckLease() const {
@@ -167,9 +217,15 @@ struct Region::State {
     return absl::OkStatus();
   }
 
-  absl::Status Refresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+  // Reopens the region with a fresh lease. A writer keeps its write lease (the new lease replaces
+  // the old one as the region's writer) unless `keep_write` is false (ReleaseWrite).
+  absl::Status Refresh(bool keep_write = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
     v1::OpenRegionRequest request;
     request.set_key(key);
+    if (keep_write && writable.load() && !sealed.load()) {
+      request.set_for_write(true);
+      request.set_replaces_lease_id(lease_id.load());
+    }
     v1::OpenRegionResponse reply;
     int64_t sent = NowNs();
     auto ctx = client->Context();
@@ -185,7 +241,7 @@ struct Region::State {
     if (!moved.ok()) return moved.status();
     if (*moved != CurrentTransport()) transport.store(*std::move(moved), std::memory_order_release);
     uint64_t old_lease = lease_id.load();
-    Adopt(reply, sent);
+    if (auto st = Adopt(reply, sent); !st.ok()) return st;
     v1::ReleaseLeasesRequest release;
     release.add_lease_ids(old_lease);
     v1::ReleaseLeasesResponse ignored;
@@ -199,7 +255,7 @@ struct Region::State {
     auto snapshot = table.load(std::memory_order_acquire);
     RegionLayout layout{&key, geometry, &snapshot->layers};
     absl::Status status = ResolveTopK(layout, layer, indices, committed.load(std::memory_order_acquire), offsets);
-    if (status.ok() || status.code() != absl::StatusCode::kOutOfRange || sealed.load() ||
+    if (status.ok() || status.code() != absl::StatusCode::kOutOfRange || sealed.load() || writable.load() ||
         layer < 0 || layer >= geometry.layers) {
       return status;
     }
@@ -217,14 +273,14 @@ struct Region::State {
     v1::ExtendRegionRequest request;
     request.set_key(key);
     request.set_capacity_tokens(capacity_tokens);
+    request.set_lease_id(lease_id.load());
     v1::ExtendRegionResponse reply;
     auto ctx = client->Context();
     auto status = FromGrpcStatus(client->stub->ExtendRegion(ctx.get(), request, &reply), client->What("ExtendRegion"));
     if (!status.ok()) return status;
-    auto next = std::make_shared<PageTable>();
-    for (const auto& layer : reply.layers()) next->layers.emplace_back(layer.pages().begin(), layer.pages().end());
-    next->capacity_tokens = reply.info().capacity_tokens();
-    table.store(std::move(next), std::memory_order_release);
+    auto next = ParseTable(reply.layers(), reply.info().capacity_tokens());
+    if (!next.ok()) return next.status();
+    table.store(*std::move(next), std::memory_order_release);
     return absl::OkStatus();
   }
 
@@ -233,6 +289,7 @@ struct Region::State {
     request.set_key(key);
     request.set_committed_tokens(tokens);
     request.set_seal(seal);
+    request.set_lease_id(lease_id.load());
     v1::CommitRegionResponse reply;
     auto ctx = client->Context();
     auto status = FromGrpcStatus(client->stub->CommitRegion(ctx.get(), request, &reply), client->What("CommitRegion"));
@@ -241,13 +298,12 @@ struct Region::State {
     sealed.store(reply.info().sealed());
     checksum.store(reply.info().checksum());
     has_checksum.store(reply.info().has_checksum());
+    if (reply.info().sealed()) writable.store(false, std::memory_order_release);  // a sealed region has no writer
     return absl::OkStatus();
   }
 
   absl::Status WriteTokens(int32_t layer, int64_t first_token, absl::Span<const std::byte> entries) {
-    if (sealed.load()) {
-      return absl::FailedPreconditionError(absl::StrFormat("region '%s' is sealed; it accepts no writes", key));
-    }
+    if (auto s = CheckWritable("write"); !s.ok()) return s;
     if (auto s = CheckLease(); !s.ok()) return s;
     if (layer < 0 || layer >= geometry.layers) {
       return absl::OutOfRangeError(absl::StrFormat("layer %d of region '%s' is not in [0, %d)", layer, key, geometry.layers));
@@ -259,10 +315,11 @@ struct Region::State {
     }
     const int64_t n = static_cast<int64_t>(entries.size() / geometry.entry_bytes);
     auto snapshot = table.load(std::memory_order_acquire);
-    if (first_token < 0 || first_token + n > snapshot->capacity_tokens) {
-      return absl::OutOfRangeError(absl::StrFormat(
-          "tokens [%d, %d) of layer %d are outside the capacity %d of region '%s'; Reserve() or "
-          "Append() grows it", first_token, first_token + n, layer, snapshot->capacity_tokens, key));
+    if (auto s = CheckTokenRange(first_token, n, snapshot->capacity_tokens,
+                                 absl::StrFormat("write to layer %d of region '%s' (Reserve() or Append() grows the "
+                                                 "capacity)", layer, key));
+        !s.ok()) {
+      return s;
     }
     std::vector<int64_t>& offsets = OffsetScratch(n);
     const auto& pages = snapshot->layers[layer];
@@ -273,7 +330,14 @@ struct Region::State {
     }
     client->data.writes.fetch_add(1, std::memory_order_relaxed);
     client->data.written_bytes.fetch_add(static_cast<int64_t>(entries.size()), std::memory_order_relaxed);
-    return CurrentTransport()->Scatter(entries.data(), geometry.entry_bytes, absl::MakeConstSpan(offsets.data(), n));
+    auto st = CurrentTransport()->Scatter(entries.data(), geometry.entry_bytes, absl::MakeConstSpan(offsets.data(), n));
+    if (st.ok() && n > 0) {
+      const int64_t end = first_token + n;
+      int64_t seen = written_end.load();
+      while (end > seen && !written_end.compare_exchange_weak(seen, end)) {
+      }
+    }
+    return st;
   }
 };
 
@@ -381,6 +445,13 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
   if (transport == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat("no data-plane transport reaches the pool of ", options.server,
                                                       " (transport ", choice, "): ", absl::StrJoin(tried, "; ")));
+  }
+  // One-sided transports read only; their writes go through the daemon's checked tcp-gather path.
+  if (auto* rma = dynamic_cast<RmaTransport*>(transport.get()); rma != nullptr && d.gather_port() > 0) {
+    std::string host = d.gather_host();
+    if (host.empty() || host == "0.0.0.0") host = control_host;
+    rma->set_write_path(std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
+                                                             options.data_connections, d.gather_secret()));
   }
   if (!tried.empty() && choice == "auto") {
     transport->set_reason(absl::StrCat(transport->reason(), " (passed over: ", absl::StrJoin(tried, "; "), ")"));
@@ -554,14 +625,21 @@ absl::StatusOr<std::shared_ptr<Region::State>> MakeState(const std::shared_ptr<C
   state->geometry.entry_stride_bytes = g.entry_stride_bytes();
   state->geometry.tokens_per_page = g.tokens_per_page();
   state->geometry.page_bytes = g.page_bytes();
+  int64_t page_span = 0;
   if (g.layers() <= 0 || g.entry_bytes() <= 0 || g.tokens_per_page() <= 0 || g.page_bytes() <= 0 ||
-      reply.layers_size() != g.layers()) {
+      g.entry_stride_bytes() < g.entry_bytes() || reply.layers_size() != g.layers() ||
+      !CheckedMul(int64_t{g.tokens_per_page()}, int64_t{g.entry_stride_bytes()}, &page_span) ||
+      page_span > g.page_bytes()) {
     return absl::DataLossError(absl::StrFormat("the daemon described region '%s' inconsistently", state->key));
+  }
+  if (const auto& shm = reply.transport().shm(); shm.pool_bytes() > 0) {
+    state->page_lo = shm.arena_offset() / g.page_bytes();
+    state->page_hi = (shm.arena_offset() + shm.pool_bytes()) / g.page_bytes();
   }
   auto transport = impl->TransportFor(reply.transport());
   if (!transport.ok()) return transport.status();
   state->transport.store(*std::move(transport), std::memory_order_release);
-  state->Adopt(reply, sent_ns);
+  if (auto st = state->Adopt(reply, sent_ns); !st.ok()) return st;
   return state;
 }
 
@@ -611,9 +689,14 @@ absl::StatusOr<std::shared_ptr<Region>> Client::Create(const RegionSpec& spec) {
   return std::shared_ptr<Region>(new Region(*std::move(state)));
 }
 
-absl::StatusOr<std::shared_ptr<Region>> Client::Open(const std::string& key) {
+absl::StatusOr<std::shared_ptr<Region>> Client::Open(const std::string& key) { return OpenRegion(key, false); }
+
+absl::StatusOr<std::shared_ptr<Region>> Client::OpenForWrite(const std::string& key) { return OpenRegion(key, true); }
+
+absl::StatusOr<std::shared_ptr<Region>> Client::OpenRegion(const std::string& key, bool for_write) {
   v1::OpenRegionRequest request;
   request.set_key(key);
+  request.set_for_write(for_write);
   v1::OpenRegionResponse reply;
   int64_t sent = NowNs();
   auto ctx = impl_->Context();
@@ -729,8 +812,9 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "batch item %d: region '%s' was opened by another client", i, s.key));
     }
-    size_t need = item.indices.size() * static_cast<size_t>(s.geometry.entry_bytes);
-    if (item.dst.size() < need) {
+    size_t need = 0;
+    if (!CheckedMul(item.indices.size(), static_cast<size_t>(s.geometry.entry_bytes), &need) ||
+        item.dst.size() < need) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "batch item %d: destination of %d bytes cannot hold %d entries of %d bytes of region '%s'",
           i, item.dst.size(), item.indices.size(), s.geometry.entry_bytes, s.key));
@@ -824,11 +908,23 @@ absl::Status Region::Write(int32_t layer, int64_t first_token, absl::Span<const 
 
 absl::Status Region::Append(absl::Span<const std::byte> entries, int64_t tokens) {
   State& s = *state_;
+  if (auto st = s.CheckWritable("append"); !st.ok()) return st;
   if (tokens <= 0) {
     return absl::InvalidArgumentError(absl::StrFormat("append to region '%s' of %d tokens", s.key, tokens));
   }
-  const size_t per_layer = static_cast<size_t>(tokens) * s.geometry.entry_bytes;
-  if (entries.size() != per_layer * s.geometry.layers) {
+  int64_t per_layer_bytes = 0, all_bytes = 0;
+  if (auto st = CheckedBytes(tokens, s.geometry.entry_bytes, absl::StrFormat("append to region '%s'", s.key),
+                             &per_layer_bytes);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = CheckedBytes(per_layer_bytes, s.geometry.layers, absl::StrFormat("append to region '%s'", s.key),
+                             &all_bytes);
+      !st.ok()) {
+    return st;
+  }
+  const size_t per_layer = static_cast<size_t>(per_layer_bytes);
+  if (entries.size() != static_cast<size_t>(all_bytes)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "append of %d tokens to region '%s' needs %d bytes (%d layers x %d tokens x %d bytes), got %d",
         tokens, s.key, per_layer * s.geometry.layers, s.geometry.layers, tokens, s.geometry.entry_bytes,
@@ -839,7 +935,10 @@ absl::Status Region::Append(absl::Span<const std::byte> entries, int64_t tokens)
     return absl::FailedPreconditionError(absl::StrFormat("region '%s' is sealed; it accepts no appends", s.key));
   }
   const int64_t first = s.committed.load();
-  const int64_t end = first + tokens;
+  int64_t end = 0;
+  if (!CheckedAdd(first, tokens, &end)) {
+    return absl::OutOfRangeError(absl::StrFormat("append of %d tokens to region '%s' at %d overflows", tokens, s.key, first));
+  }
   if (end > s.table.load()->capacity_tokens) {
     // Grow by whole pages: pages are what memory costs anyway.
     int64_t grown = s.geometry.PagesPerLayer(end) * s.geometry.tokens_per_page;
@@ -852,20 +951,42 @@ absl::Status Region::Append(absl::Span<const std::byte> entries, int64_t tokens)
 }
 
 absl::Status Region::Reserve(int64_t capacity_tokens) {
+  if (auto st = state_->CheckWritable("reserve"); !st.ok()) return st;
   absl::MutexLock lock(&state_->write_mu);
   if (capacity_tokens <= state_->table.load()->capacity_tokens) return absl::OkStatus();
   return state_->ReserveLocked(capacity_tokens);
 }
 
 absl::Status Region::Commit(int64_t committed_tokens) {
+  if (auto st = state_->CheckWritable("commit"); !st.ok()) return st;
   absl::MutexLock lock(&state_->write_mu);
   return state_->CommitLocked(committed_tokens, /*seal=*/false);
 }
 
 absl::Status Region::Seal() {
-  absl::MutexLock lock(&state_->write_mu);
-  return state_->CommitLocked(state_->committed.load(), /*seal=*/true);
+  State& s = *state_;
+  absl::MutexLock lock(&s.write_mu);
+  if (s.sealed.load() && s.has_checksum.load()) return absl::OkStatus();  // sealing twice is harmless
+  if (auto st = s.CheckWritable("seal"); !st.ok()) return st;
+  const int64_t committed = s.committed.load();
+  const int64_t written = s.written_end.load();
+  if (written > committed) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "seal of region '%s' refused: this handle wrote tokens up to %d but only %d are committed; Commit(%d) "
+        "first (or Commit the length you mean to keep), then Seal()",
+        s.key, written, committed, written));
+  }
+  return s.CommitLocked(committed, /*seal=*/true);
 }
+
+absl::Status Region::ReleaseWrite() {
+  State& s = *state_;
+  absl::MutexLock lock(&s.write_mu);
+  if (!s.writable.load()) return absl::OkStatus();
+  return s.Refresh(/*keep_write=*/false);
+}
+
+bool Region::writable() const { return state_->writable.load(); }
 
 absl::Status Region::Refresh() {
   absl::MutexLock lock(&state_->write_mu);
@@ -908,8 +1029,8 @@ absl::Status Region::Verify() const {
 
 absl::Status Region::Fetch(int32_t layer, absl::Span<const int32_t> indices, absl::Span<std::byte> dst) const {
   State& s = *state_;
-  const size_t need = indices.size() * static_cast<size_t>(s.geometry.entry_bytes);
-  if (dst.size() < need) {
+  size_t need = 0;
+  if (!CheckedMul(indices.size(), static_cast<size_t>(s.geometry.entry_bytes), &need) || dst.size() < need) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "destination of %d bytes cannot hold %d entries of %d bytes of region '%s'", dst.size(),
         indices.size(), s.geometry.entry_bytes, s.key));

@@ -9,9 +9,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 
 namespace sparsekv {
@@ -56,17 +58,27 @@ class Transport {
   std::string reason_;
 };
 
-// One-sided RMA transports (libfabric, verbs): one primitive moves a batch either way; reads of
-// one item and writes are batches of one.
+// One-sided RMA transports (libfabric, verbs): reads are one-sided (one primitive moves a batch;
+// a read of one item is a batch of one). Writes are not: the daemon registers its pool for remote
+// read only, and writes go through `write_path` (the daemon's tcp-gather path), which the daemon
+// checks (it refuses a sealed region's pages) and acknowledges only once the bytes are in pool
+// memory, so a commit sent after a write returns always covers bytes that are there, whatever the
+// provider's completion semantics.
 class RmaTransport : public Transport {
  public:
+  void set_write_path(std::shared_ptr<Transport> path) { write_path_ = std::move(path); }
   absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) override {
     GatherWork one{pool_offsets, entry_bytes, dst};
     return Transfer(false, absl::MakeConstSpan(&one, 1));
   }
   absl::Status Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) override {
-    GatherWork one{pool_offsets, entry_bytes, const_cast<std::byte*>(src)};
-    return Transfer(true, absl::MakeConstSpan(&one, 1));
+    if (write_path_ == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          name(), ": the daemon offers no checked write path (tcp-gather, [listen] data); one-sided RMA writes "
+                  "are not used, since the daemon could neither refuse them for sealed regions nor know when they "
+                  "have landed"));
+    }
+    return write_path_->Scatter(src, entry_bytes, pool_offsets);
   }
   absl::Status GatherBatch(absl::Span<const GatherWork> work) override { return Transfer(false, work); }
   bool prefers_batch() const override { return true; }
@@ -74,6 +86,9 @@ class RmaTransport : public Transport {
  protected:
   // Moves the entries of `work` between work.dst and the pool: reads, or writes from work.dst.
   virtual absl::Status Transfer(bool write, absl::Span<const GatherWork> work) = 0;
+
+ private:
+  std::shared_ptr<Transport> write_path_;
 };
 
 }  // namespace sparsekv

@@ -24,7 +24,8 @@ inline constexpr uint32_t kGatherMaxRanges = 1u << 20;
 inline constexpr uint64_t kGatherMaxBytes = uint64_t{256} << 20;
 
 enum class GatherOp : uint32_t { kRead = 1, kWrite = 2 };
-enum class GatherStatus : uint32_t { kOk = 0, kBadRequest = 1 };
+// kRefused: a well-formed write the daemon will not apply (a sealed region's pages).
+enum class GatherStatus : uint32_t { kOk = 0, kBadRequest = 1, kRefused = 2 };
 
 struct GatherRequestHeader {
   uint32_t magic;

@@ -31,7 +31,7 @@ struct Geometry {
 
   // Pages one layer needs to hold `tokens` entries.
   int64_t PagesPerLayer(int64_t tokens) const {
-    return (tokens + tokens_per_page - 1) / tokens_per_page;
+    return tokens / tokens_per_page + (tokens % tokens_per_page > 0 ? 1 : 0);  // no overflow near INT64_MAX
   }
   // Byte offset of token t inside its page.
   int64_t OffsetInPage(int64_t token) const {

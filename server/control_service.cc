@@ -31,6 +31,17 @@ absl::StatusOr<std::string> Inward(const std::string& key, const std::string& pr
   return prefix + key;
 }
 
+// The call's deadline on the steady clock, less a margin for the reply, capped at a minute (a
+// call without a deadline waits that long at most for quarantined pages).
+std::chrono::steady_clock::time_point SteadyDeadline(const grpc::ServerContext* ctx) {
+  const auto now_sys = std::chrono::system_clock::now();
+  const auto now = std::chrono::steady_clock::now();
+  auto left = ctx->deadline() - now_sys - std::chrono::milliseconds(50);
+  left = std::min<std::chrono::system_clock::duration>(left, std::chrono::minutes(1));
+  if (left <= std::chrono::system_clock::duration::zero()) return now;
+  return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+}
+
 absl::Status AdminOnly(const Caller& caller, const char* what) {
   if (caller.admin) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrCat(what, " needs the admin role; tenant '", caller.tenant,
@@ -79,7 +90,7 @@ grpc::Status ControlService::Serve(const char* method, grpc::ServerContext* cont
 
 grpc::Status ControlService::CreateRegion(grpc::ServerContext* ctx, const v1::CreateRegionRequest* request,
                                           v1::OpenRegionResponse* response) {
-  auto call = [&](const v1::CreateRegionRequest& r) { return table_->Create(r); };
+  auto call = [&](const v1::CreateRegionRequest& r) { return table_->Create(r, SteadyDeadline(ctx)); };
   return Serve("CreateRegion", ctx, response,
                SKV_KEYED(v1::CreateRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }
@@ -91,7 +102,7 @@ grpc::Status ControlService::OpenRegion(grpc::ServerContext* ctx, const v1::Open
 }
 grpc::Status ControlService::ExtendRegion(grpc::ServerContext* ctx, const v1::ExtendRegionRequest* request,
                                           v1::ExtendRegionResponse* response) {
-  auto call = [&](const v1::ExtendRegionRequest& r) { return table_->Extend(r); };
+  auto call = [&](const v1::ExtendRegionRequest& r) { return table_->Extend(r, SteadyDeadline(ctx)); };
   return Serve("ExtendRegion", ctx, response,
                SKV_KEYED(v1::ExtendRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }

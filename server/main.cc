@@ -40,6 +40,7 @@
 #include "server/metrics_http.h"
 #include "server/pool.h"
 #include "server/region_table.h"
+#include "server/write_gate.h"
 #include "server/transports/shm_server.h"
 #include "server/transports/fabric_server.h"
 #include "server/transports/verbs_server.h"
@@ -305,6 +306,8 @@ int Run(int argc, char** argv) {
     return 2;
   }
   RegionTable table(pool->get(), config, std::move(*policy), shm ? shm->socket_path() : "");
+  WriteGate write_gate(static_cast<uint32_t>((*pool)->size_bytes() / config.page_bytes), config.page_bytes);
+  table.SetWriteGate(&write_gate);
   Metrics metrics;
   std::shared_ptr<const TenantDirectory> tenants;
   int64_t shared_bytes = pool->get()->size_bytes();  // below the tenant arenas
@@ -346,7 +349,7 @@ int Run(int argc, char** argv) {
       absl::StrCat("shm/CXL: ", pool->get()->Describe(), " (clients on this host that can map it)")};
   std::unique_ptr<TcpGatherServer> gather;
   if (!config.data_listen.empty()) {
-    auto started_gather = TcpGatherServer::Start(pool->get(), config.data_listen);
+    auto started_gather = TcpGatherServer::Start(pool->get(), config.data_listen, &write_gate);
     if (!started_gather.ok()) {
       SKV_LOG_ERROR(kLog, "%s", started_gather.status().message());
       return 1;
@@ -376,7 +379,7 @@ int Run(int argc, char** argv) {
       fabric = std::move(*started_fabric);
       *network.mutable_fabric() = fabric->descriptor();
       data_paths.push_back(absl::StrCat("fabric: ", fabric->Describe()));
-      SKV_LOG_INFO("fabric", "one-sided RMA on %s; pool registered once for remote read and write",
+      SKV_LOG_INFO("fabric", "one-sided RMA on %s; pool registered once for remote read only",
                    fabric->Describe());
     }
   }
@@ -477,6 +480,12 @@ int Run(int argc, char** argv) {
       SKV_LOG_WARN("restore", "%s: ignoring %d bytes after the last whole record (torn by a crash)",
                    journal->path(), journal->torn_bytes());
     }
+    // Which pages the previous run had handed out: only those are quarantined after a restart.
+    auto page_map = table.AttachPageMap(config.state_dir + "/pages.map");
+    if (!page_map.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", page_map.status().message());
+      return 1;
+    }
     const auto& previous = journal->replayed_pool();
     const size_t sealed = journal->replayed_regions().size();
     std::string mismatch;
@@ -494,8 +503,13 @@ int Run(int argc, char** argv) {
                    report.restored, FormatBytes(report.restored_bytes),
                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - restore_started).count(),
                    report.dropped, report.first_problem.empty() ? "" : absl::StrCat(" (", report.first_problem, ")"));
-    } else if (sealed > 0) {
-      SKV_LOG_WARN("restore", "%d sealed regions of the previous run are lost: %s", sealed, mismatch);
+    } else {
+      if (sealed > 0) SKV_LOG_WARN("restore", "%d sealed regions of the previous run are lost: %s", sealed, mismatch);
+      // Same pool memory, nothing restored: clients of the previous run may still read its pages.
+      if (*page_map && previous && (*pool)->survived() && previous->pool_bytes() == (*pool)->size_bytes() &&
+          previous->page_bytes() == config.page_bytes) {
+        table.QuarantinePreviouslyHandedOut();
+      }
     }
     v1::JournalPool header;
     header.set_pool_uuid((*pool)->uuid());

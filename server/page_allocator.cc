@@ -1,5 +1,7 @@
 #include "server/page_allocator.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 
 namespace sparsekv {
@@ -17,6 +19,7 @@ absl::Status PageAllocator::Allocate(int64_t count, std::vector<uint32_t>* out) 
         "%d pages requested, %d free, %d quarantined until leases expire", count, free_.size(),
         quarantined_));
   }
+  MarkLocked(free_.data() + free_.size() - count, static_cast<size_t>(count), 1);
   out->insert(out->end(), free_.end() - count, free_.end());
   free_.resize(free_.size() - count);
   return absl::OkStatus();
@@ -33,7 +36,10 @@ absl::Status PageAllocator::AllocateIn(int64_t count, uint32_t lo, uint32_t hi, 
     return absl::ResourceExhaustedError(absl::StrFormat(
         "%d pages requested, %d free in this arena", count, picked.size()));
   }
-  for (size_t at : picked) out->push_back(free_[at]);
+  for (size_t at : picked) {
+    out->push_back(free_[at]);
+    MarkLocked(&free_[at], 1, 1);
+  }
   std::vector<bool> take(free_.size(), false);
   for (size_t at : picked) take[at] = true;
   size_t w = 0;
@@ -54,6 +60,7 @@ int64_t PageAllocator::free_pages_in(uint32_t lo, uint32_t hi) const {
 
 void PageAllocator::Free(const std::vector<uint32_t>& pages) {
   absl::MutexLock lock(&mu_);
+  MarkLocked(pages.data(), pages.size(), 0);
   free_.insert(free_.end(), pages.rbegin(), pages.rend());
 }
 
@@ -68,6 +75,7 @@ int64_t PageAllocator::ReclaimExpired(Clock::time_point now) {
   int64_t reclaimed = 0;
   while (!quarantine_.empty() && quarantine_.begin()->first <= now) {
     auto& pages = quarantine_.begin()->second;
+    MarkLocked(pages.data(), pages.size(), 0);
     free_.insert(free_.end(), pages.rbegin(), pages.rend());
     reclaimed += static_cast<int64_t>(pages.size());
     quarantine_.erase(quarantine_.begin());
@@ -92,6 +100,7 @@ absl::Status PageAllocator::ClaimAll(const std::vector<uint32_t>& pages) {
   for (uint32_t p : free_) {
     if (!claimed[p]) rest.push_back(p);
   }
+  MarkLocked(pages.data(), pages.size(), 1);
   free_ = std::move(rest);
   return absl::OkStatus();
 }
@@ -100,6 +109,7 @@ void PageAllocator::QuarantineFree(Clock::time_point reusable_at) {
   absl::MutexLock lock(&mu_);
   if (free_.empty()) return;
   quarantined_ += static_cast<int64_t>(free_.size());
+  MarkLocked(free_.data(), free_.size(), 1);
   std::vector<uint32_t> pages(free_.rbegin(), free_.rend());  // keep low pages first on return
   free_.clear();
   quarantine_.emplace(reusable_at, std::move(pages));
@@ -118,6 +128,57 @@ int64_t PageAllocator::quarantined_pages() const {
 int64_t PageAllocator::used_pages() const {
   absl::MutexLock lock(&mu_);
   return total_pages_ - static_cast<int64_t>(free_.size()) - quarantined_;
+}
+
+}  // namespace sparsekv
+
+namespace sparsekv {
+
+void PageAllocator::MarkLocked(const uint32_t* pages, size_t n, uint8_t value) {
+  if (handed_out_ == nullptr) return;
+  for (size_t i = 0; i < n; ++i) {
+    if (pages[i] < total_pages_) handed_out_[pages[i]] = value;
+  }
+}
+
+void PageAllocator::AttachHandedOutMap(uint8_t* map, std::vector<uint8_t> previous) {
+  absl::MutexLock lock(&mu_);
+  handed_out_ = map;
+  previous_ = std::move(previous);
+  std::vector<bool> is_free(total_pages_, false);
+  for (uint32_t p : free_) is_free[p] = true;
+  for (uint32_t p = 0; p < total_pages_; ++p) handed_out_[p] = is_free[p] ? 0 : 1;
+}
+
+int64_t PageAllocator::QuarantinePrevious(Clock::time_point reusable_at) {
+  absl::MutexLock lock(&mu_);
+  const bool known = previous_.size() == total_pages_;
+  std::vector<uint32_t> keep, held;
+  for (uint32_t p : free_) ((!known || previous_[p] != 0) ? held : keep).push_back(p);
+  previous_.clear();
+  if (held.empty()) return 0;
+  free_ = std::move(keep);
+  MarkLocked(held.data(), held.size(), 1);
+  quarantined_ += static_cast<int64_t>(held.size());
+  std::reverse(held.begin(), held.end());  // low pages first when they return
+  const int64_t n = static_cast<int64_t>(held.size());
+  quarantine_.emplace(reusable_at, std::move(held));
+  return n;
+}
+
+int64_t PageAllocator::quarantined_until_in(Clock::time_point by, uint32_t lo, uint32_t hi) const {
+  absl::MutexLock lock(&mu_);
+  int64_t n = 0;
+  for (auto it = quarantine_.begin(); it != quarantine_.end() && it->first <= by; ++it) {
+    for (uint32_t p : it->second) n += (p >= lo && p < hi) ? 1 : 0;
+  }
+  return n;
+}
+
+std::optional<PageAllocator::Clock::time_point> PageAllocator::next_release() const {
+  absl::MutexLock lock(&mu_);
+  if (quarantine_.empty()) return std::nullopt;
+  return quarantine_.begin()->first;
 }
 
 }  // namespace sparsekv

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -48,6 +49,18 @@ class PageAllocator {
   // run may still hold leases this daemon never heard of.
   void QuarantineFree(Clock::time_point reusable_at);
 
+  // Keeps `map` (one byte per page, e.g. a mapped file that outlives the process) up to date: 1
+  // while a page is out of the free stack (held or quarantined), 0 once it is free again.
+  // `previous` is what the map said before (the previous run's pages), kept for
+  // QuarantinePrevious; empty when unknown.
+  void AttachHandedOutMap(uint8_t* map, std::vector<uint8_t> previous);
+  // Quarantines, until `reusable_at`, the free pages the previous run had handed out; every free
+  // page when the previous run's map is unknown. Returns the pages quarantined.
+  int64_t QuarantinePrevious(Clock::time_point reusable_at);
+  // Pages of [lo, hi) that leave quarantine by `by`, and the first time any does (nullopt: none).
+  int64_t quarantined_until_in(Clock::time_point by, uint32_t lo, uint32_t hi) const;
+  std::optional<Clock::time_point> next_release() const;
+
   uint32_t total_pages() const { return total_pages_; }
   int64_t free_pages() const;
   int64_t quarantined_pages() const;
@@ -59,6 +72,9 @@ class PageAllocator {
   std::vector<uint32_t> free_ ABSL_GUARDED_BY(mu_);
   std::multimap<Clock::time_point, std::vector<uint32_t>> quarantine_ ABSL_GUARDED_BY(mu_);
   int64_t quarantined_ ABSL_GUARDED_BY(mu_) = 0;
+  uint8_t* handed_out_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<uint8_t> previous_ ABSL_GUARDED_BY(mu_);
+  void MarkLocked(const uint32_t* pages, size_t n, uint8_t value) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace sparsekv

@@ -1,8 +1,14 @@
 #include "server/region_table.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -26,6 +32,8 @@ int64_t UnixMillis() {
 }
 
 }  // namespace
+
+thread_local std::optional<RegionTable::Shortfall> RegionTable::shortfall_;
 
 int64_t RegionTable::Region::page_count() const {
   int64_t n = 0;
@@ -81,7 +89,7 @@ RegionTable::RestoreReport RegionTable::Restore(const std::vector<v1::JournalSea
   for (const auto& seal : regions) {
     auto geometry = MakeGeometry(seal.layers(), seal.entry_bytes(), page_bytes_);
     if (!geometry.ok() || seal.pages_size() != seal.layers() || seal.committed_tokens() < 0 ||
-        seal.committed_tokens() > seal.capacity_tokens()) {
+        seal.committed_tokens() > seal.capacity_tokens() || seal.capacity_tokens() > limits().max_capacity_tokens) {
       drop(seal, "its shape no longer fits this pool's page size");
       continue;
     }
@@ -139,8 +147,73 @@ RegionTable::RestoreReport RegionTable::Restore(const std::vector<v1::JournalSea
     std::string key = region->key;
     regions_[key] = std::move(region);
   }
-  allocator_.QuarantineFree(now + std::chrono::milliseconds(lease_ms()));
+  const int64_t quarantined = allocator_.QuarantinePrevious(now + std::chrono::milliseconds(lease_ms()));
+  if (quarantined > 0) {
+    SKV_LOG_INFO("restore", "%d pages quarantined for %d ms: clients of the previous run may still read them",
+                 quarantined, lease_ms());
+  }
   return report;
+}
+
+void RegionTable::QuarantinePreviouslyHandedOut() {
+  const int64_t quarantined = allocator_.QuarantinePrevious(Clock::now() + std::chrono::milliseconds(lease_ms()));
+  if (quarantined > 0) {
+    SKV_LOG_INFO("restore", "%d pages quarantined for %d ms: clients of the previous run may still read them",
+                 quarantined, lease_ms());
+  }
+}
+
+namespace {
+constexpr char kPageMapMagic[8] = {'S', 'K', 'V', 'P', 'M', 'A', 'P', '1'};
+constexpr size_t kPageMapHeader = 16;  // magic, u64 pages
+}  // namespace
+
+absl::StatusOr<bool> RegionTable::AttachPageMap(const std::string& path) {
+  const uint64_t pages = allocator_.total_pages();
+  const size_t bytes = kPageMapHeader + pages;
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::PermissionDeniedError(absl::StrFormat("cannot open the page map %s: %s", path, std::strerror(errno)));
+  }
+  struct stat st {};
+  fstat(fd, &st);
+  const bool same_size = static_cast<size_t>(st.st_size) == bytes;
+  if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    int err = errno;
+    close(fd);
+    return absl::ResourceExhaustedError(absl::StrFormat("cannot size the page map %s: %s", path, std::strerror(err)));
+  }
+  void* addr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int err = errno;
+  close(fd);
+  if (addr == MAP_FAILED) {
+    return absl::ResourceExhaustedError(absl::StrFormat("cannot map the page map %s: %s", path, std::strerror(err)));
+  }
+  auto* map = static_cast<uint8_t*>(addr);
+  uint64_t recorded = 0;
+  std::memcpy(&recorded, map + 8, sizeof(recorded));
+  const bool valid = same_size && std::memcmp(map, kPageMapMagic, 8) == 0 && recorded == pages;
+  std::vector<uint8_t> previous;
+  if (valid) previous.assign(map + kPageMapHeader, map + bytes);
+  std::memcpy(map, kPageMapMagic, 8);
+  std::memcpy(map + 8, &pages, sizeof(pages));
+  allocator_.AttachHandedOutMap(map + kPageMapHeader, std::move(previous));
+  page_map_ = map;
+  page_map_bytes_ = bytes;
+  return valid;
+}
+
+RegionTable::~RegionTable() {
+  if (page_map_ != nullptr) munmap(page_map_, page_map_bytes_);
+}
+
+void RegionTable::SetWriteGate(WriteGate* gate) {
+  absl::MutexLock lock(&mu_);
+  gate_ = gate;
+  for (const auto& [key, region] : regions_) {
+    if (region->sealed) continue;
+    for (const auto& layer : region->pages) gate_->Open(layer);
+  }
 }
 
 absl::Status RegionTable::AttachJournal(RegionJournal* journal, const v1::JournalPool& pool) {
@@ -281,6 +354,7 @@ absl::Status RegionTable::MakeRoomLocked(int64_t pages, const std::string& for_w
   int64_t evictable = 0;
   for (const auto& candidate : candidates) evictable += candidate.pages;
   if (free_pages + evictable < pages) {
+    shortfall_ = Shortfall{pages - evictable, tenant};
     return absl::ResourceExhaustedError(absl::StrFormat(
         "pool exhausted: %s needs %d pages (%s); %d pages free, %d quarantined until leases "
         "expire, %d evictable in %d sealed unleased regions; pool is %s",
@@ -337,6 +411,7 @@ absl::Status RegionTable::GrowLocked(Region* region, int64_t tokens, Clock::time
   for (auto& layer : region->pages) {
     for (int64_t i = have; i < want; ++i) layer.push_back(fresh[next++]);
   }
+  if (gate_ != nullptr && !region->sealed) gate_->Open(fresh);
   return absl::OkStatus();
 }
 
@@ -356,6 +431,7 @@ int64_t RegionTable::RemoveLocked(Region* region, const std::string& reason, Clo
   pages.reserve(region->page_count());
   for (auto& layer : region->pages) pages.insert(pages.end(), layer.begin(), layer.end());
   int64_t bytes = static_cast<int64_t>(pages.size()) * page_bytes_;
+  if (gate_ != nullptr) gate_->Close(pages);  // waits for a data-path write in progress
   if (last_expiry > now) {
     allocator_.FreeAfter(std::move(pages), last_expiry);
   } else {
@@ -370,6 +446,31 @@ uint64_t RegionTable::GrantLeaseLocked(Region* region, Clock::time_point now) {
   region->leases[id] = now + std::chrono::milliseconds(lease_ms());
   lease_owner_[id] = region;
   return id;
+}
+
+bool RegionTable::WriterAliveLocked(const Region& region, Clock::time_point now) const {
+  if (region.writer_lease == 0) return false;
+  auto it = region.leases.find(region.writer_lease);
+  return it != region.leases.end() && it->second > now;
+}
+
+absl::Status RegionTable::CheckWriterLocked(const Region& region, uint64_t lease_id, const char* what,
+                                            Clock::time_point now) const {
+  if (lease_id != 0 && lease_id == region.writer_lease && WriterAliveLocked(region, now)) return absl::OkStatus();
+  if (region.sealed) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "region '%s' is sealed at %d tokens; it accepts no %s", region.key, region.committed_tokens, what));
+  }
+  if (lease_id != 0 && lease_id == region.writer_lease) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s of region '%s': the write lease %d has lapsed; open the region for writing again", what, region.key,
+        lease_id));
+  }
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s of region '%s' refused: lease %d is not the region's write lease (%s); a handle from a plain open is "
+      "read-only, and one writer at a time holds the write lease: the creator until it seals or releases it, "
+      "then whoever opens the region for writing",
+      what, region.key, lease_id, WriterAliveLocked(region, now) ? "another handle holds it" : "nobody holds it now"));
 }
 
 void RegionTable::FillInfoLocked(const Region& r, Clock::time_point now, v1::RegionInfo* info) const {
@@ -394,9 +495,15 @@ void RegionTable::FillInfoLocked(const Region& r, Clock::time_point now, v1::Reg
   info->set_active_leases(live);
   info->set_has_checksum(r.has_checksum);
   info->set_checksum(r.checksum);
+  info->set_has_writer(WriterAliveLocked(r, now));
 }
 
-void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out) {
+void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out, bool writer) {
+  const uint64_t lease = GrantLeaseLocked(region, now);
+  if (writer) region->writer_lease = lease;
+  out->mutable_lease()->set_lease_id(lease);
+  out->mutable_lease()->set_lease_ms(lease_ms());
+  out->mutable_lease()->set_writer(writer);
   FillInfoLocked(*region, now, out->mutable_info());
   for (const auto& layer : region->pages) {
     out->add_layers()->mutable_pages()->Add(layer.begin(), layer.end());
@@ -404,8 +511,6 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   const std::string tenant = TenantOfLocked(region->key);
   if (auto arena = arenas_.find(tenant); arena != arenas_.end() && !tenant.empty()) {
     *out->mutable_transport() = arena->second.transport;  // this tenant's arena only
-    out->mutable_lease()->set_lease_id(GrantLeaseLocked(region, now));
-    out->mutable_lease()->set_lease_ms(lease_ms());
     return;
   }
   *out->mutable_transport() = network_;
@@ -416,11 +521,10 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   shm->set_backing(BackingKindName(pool_->spec().kind));
   shm->set_pool_uuid(pool_->uuid());
   shm->set_host_id(host_id_);
-  out->mutable_lease()->set_lease_id(GrantLeaseLocked(region, now));
-  out->mutable_lease()->set_lease_ms(lease_ms());
 }
 
-absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req) {
+absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req,
+                                                           Clock::time_point deadline) {
   if (auto s = ValidateKey(req.key()); !s.ok()) return s;
   const Limits lim = limits();
   if (req.layers() <= 0 || req.layers() > lim.max_layers) {
@@ -459,6 +563,7 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
         "region '%s': this daemon is draining and accepts no new regions; existing regions stay "
         "readable", req.key()));
   }
+  return RetryUntilDeadline(deadline, [&]() -> absl::StatusOr<v1::OpenRegionResponse> {
   absl::MutexLock lock(&mu_);
   auto now = Clock::now();
   if (regions_.contains(req.key())) {
@@ -492,8 +597,9 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
   regions_[req.key()] = std::move(region);
   counters_.creates++;
   v1::OpenRegionResponse out;
-  FillOpenLocked(r, now, &out);
+  FillOpenLocked(r, now, &out, /*writer=*/true);
   return out;
+  });
 }
 
 absl::StatusOr<v1::OpenRegionResponse> RegionTable::Open(const v1::OpenRegionRequest& req) {
@@ -501,13 +607,30 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Open(const v1::OpenRegionReq
   auto region = FindLocked(req.key());
   if (!region.ok()) return region.status();
   auto now = Clock::now();
+  if (req.for_write()) {
+    if ((*region)->sealed) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "region '%s' is sealed at %d tokens and takes no writer; open it without for_write to read it",
+          req.key(), (*region)->committed_tokens));
+    }
+    if (WriterAliveLocked(**region, now) && (*region)->writer_lease != req.replaces_lease_id()) {
+      auto expiry = (*region)->leases[(*region)->writer_lease];
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "region '%s' is held for writing by another handle (lease %d, which lapses in %d ms unless renewed); "
+          "it must seal, release the write lease, or lapse first",
+          req.key(), (*region)->writer_lease,
+          std::chrono::duration_cast<std::chrono::milliseconds>(expiry - now).count()));
+    }
+  }
   (*region)->last_access = now;
   v1::OpenRegionResponse out;
-  FillOpenLocked(*region, now, &out);
+  FillOpenLocked(*region, now, &out, req.for_write());
   return out;
 }
 
-absl::StatusOr<v1::ExtendRegionResponse> RegionTable::Extend(const v1::ExtendRegionRequest& req) {
+absl::StatusOr<v1::ExtendRegionResponse> RegionTable::Extend(const v1::ExtendRegionRequest& req,
+                                                             Clock::time_point deadline) {
+  return RetryUntilDeadline(deadline, [&]() -> absl::StatusOr<v1::ExtendRegionResponse> {
   absl::MutexLock lock(&mu_);
   auto found = FindLocked(req.key());
   if (!found.ok()) return found.status();
@@ -515,6 +638,7 @@ absl::StatusOr<v1::ExtendRegionResponse> RegionTable::Extend(const v1::ExtendReg
   if (region->sealed) {
     return absl::FailedPreconditionError(absl::StrFormat("region '%s' is sealed and cannot grow", req.key()));
   }
+  if (auto s = CheckWriterLocked(*region, req.lease_id(), "extension", Clock::now()); !s.ok()) return s;
   if (req.capacity_tokens() > limits().max_capacity_tokens) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "region '%s': capacity_tokens %d is past the limit of %d", req.key(), req.capacity_tokens(),
@@ -535,6 +659,7 @@ absl::StatusOr<v1::ExtendRegionResponse> RegionTable::Extend(const v1::ExtendReg
     out.add_layers()->mutable_pages()->Add(layer.begin(), layer.end());
   }
   return out;
+  });
 }
 
 absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitRegionRequest& req) {
@@ -555,6 +680,9 @@ absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitReg
           "region '%s' is sealed at %d tokens; it accepts no more commits", req.key(),
           region->committed_tokens));
     }
+    if (auto s = CheckWriterLocked(*region, req.lease_id(), req.seal() ? "seal" : "commit", Clock::now()); !s.ok()) {
+      return s;
+    }
     if (req.committed_tokens() > region->capacity_tokens) {
       return absl::OutOfRangeError(absl::StrFormat(
           "region '%s': cannot commit %d tokens, capacity is %d", req.key(), req.committed_tokens(),
@@ -573,6 +701,12 @@ absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitReg
       v1::CommitRegionResponse out;
       FillInfoLocked(*region, now, out.mutable_info());
       return out;
+    }
+    // Sealed: the write lease ends, and the data path takes no more writes to these pages. Closing
+    // the gate waits for a write in progress, so the checksum below covers the final bytes.
+    region->writer_lease = 0;
+    if (gate_ != nullptr) {
+      for (const auto& layer : region->pages) gate_->Close(layer);
     }
     snapshot = SnapshotLocked(*region);
   }
@@ -878,6 +1012,36 @@ void RegionTable::Reap(Clock::time_point now) {
   if (journal_ != nullptr && journal_->WantsCompaction()) {
     if (auto s = CompactJournalLocked(); !s.ok()) SKV_LOG_ERROR("journal", "compaction failed: %s", s.message());
   }
+}
+
+template <typename Attempt>
+auto RegionTable::RetryUntilDeadline(Clock::time_point deadline, Attempt attempt) -> decltype(attempt()) {
+  while (true) {
+    shortfall_.reset();
+    auto result = attempt();
+    if (result.ok() || result.status().code() != absl::StatusCode::kResourceExhausted || !shortfall_ ||
+        deadline == Clock::time_point{}) {
+      return result;
+    }
+    std::optional<Clock::time_point> wake;
+    {
+      absl::MutexLock lock(&mu_);
+      wake = WaitWouldHelpLocked(shortfall_->pages, shortfall_->tenant, deadline);
+    }
+    if (!wake) return result;
+    std::this_thread::sleep_until(std::min(*wake, deadline));
+    if (Clock::now() >= deadline) return result;
+  }
+}
+
+std::optional<RegionTable::Clock::time_point> RegionTable::WaitWouldHelpLocked(int64_t pages, const std::string& tenant,
+                                                                               Clock::time_point deadline) {
+  const auto [lo, hi] = PageRangeLocked(tenant);
+  const int64_t free_now = allocator_.free_pages_in(lo, hi);
+  const int64_t released = allocator_.quarantined_until_in(deadline, lo, hi);
+  auto next = allocator_.next_release();
+  if (!next || *next > deadline || free_now + released < pages) return std::nullopt;
+  return std::max(*next, Clock::now() + std::chrono::milliseconds(1));
 }
 
 }  // namespace sparsekv

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,7 @@
 #include "server/journal.h"
 #include "server/page_allocator.h"
 #include "server/pool.h"
+#include "server/write_gate.h"
 #include "server/auth.h"
 #include "sparsekv/v1/control.pb.h"
 
@@ -45,10 +47,23 @@ class RegionTable {
   // `fd_socket_path` is where clients fetch the pool descriptor (memfd backings).
   RegionTable(const Pool* pool, const DaemonConfig& config, std::unique_ptr<EvictionPolicy> policy,
               std::string fd_socket_path);
+  ~RegionTable();
 
-  absl::StatusOr<v1::OpenRegionResponse> Create(const v1::CreateRegionRequest& request);
+  // Create and Extend wait, until `deadline`, for quarantined pages that would make the request
+  // fit (after a restart, or right after deletions) instead of failing at once.
+  absl::StatusOr<v1::OpenRegionResponse> Create(const v1::CreateRegionRequest& request,
+                                                Clock::time_point deadline = {});
   absl::StatusOr<v1::OpenRegionResponse> Open(const v1::OpenRegionRequest& request);
-  absl::StatusOr<v1::ExtendRegionResponse> Extend(const v1::ExtendRegionRequest& request);
+  absl::StatusOr<v1::ExtendRegionResponse> Extend(const v1::ExtendRegionRequest& request,
+                                                 Clock::time_point deadline = {});
+  // The daemon's data-path write gate (tcp-gather): pages of unsealed regions are open.
+  void SetWriteGate(WriteGate* gate);
+  // <state_dir>/pages.map: one byte per page, set while a page is out of the free stack (held by
+  // a region or quarantined). After a restart only those pages, less the restored regions', can
+  // still be read by clients of the previous run, so only they are quarantined. Call before
+  // Restore; returns whether the map held the previous run's state (else all free pages are
+  // quarantined, as without a map).
+  absl::StatusOr<bool> AttachPageMap(const std::string& path);
   absl::StatusOr<v1::CommitRegionResponse> Commit(const v1::CommitRegionRequest& request);
   // `key_prefix` ("TENANT/", or "" for the admin and without tenants): leases of regions outside
   // it are treated as unknown, so a tenant cannot renew or release another tenant's leases.
@@ -93,6 +108,9 @@ class RegionTable {
     std::string first_problem;
   };
   RestoreReport Restore(const std::vector<v1::JournalSeal>& regions);
+  // Without a journal to restore from (or a pool that did not survive): quarantines what the
+  // page map says clients of the previous run may read.
+  void QuarantinePreviouslyHandedOut();
   absl::Status AttachJournal(RegionJournal* journal, const v1::JournalPool& pool);
 
   // The parts of the config that may change at run time (SIGHUP): limits, lease length, log
@@ -122,6 +140,7 @@ class RegionTable {
     absl::flat_hash_map<uint64_t, Clock::time_point> leases;  // lease id -> expiry
     bool has_checksum = false;  // computed when sealed
     uint64_t checksum = 0;
+    uint64_t writer_lease = 0;  // the one lease that may write, extend, commit and seal (0: none)
 
     int64_t page_count() const;
   };
@@ -155,11 +174,21 @@ class RegionTable {
   int64_t RemoveLocked(Region* region, const std::string& reason, Clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t GrantLeaseLocked(Region* region, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool WriterAliveLocked(const Region& region, Clock::time_point now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK when `lease_id` is the region's live write lease; else FAILED_PRECONDITION saying why.
+  absl::Status CheckWriterLocked(const Region& region, uint64_t lease_id, const char* what, Clock::time_point now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // When quarantined pages that would let `pages` more pages fit become free (no later than
+  // `deadline`), or nullopt when waiting cannot help.
+  std::optional<Clock::time_point> WaitWouldHelpLocked(int64_t pages, const std::string& tenant,
+                                                       Clock::time_point deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  template <typename Attempt>
+  auto RetryUntilDeadline(Clock::time_point deadline, Attempt attempt) -> decltype(attempt());
   bool HasLiveLeaseLocked(const Region& region, Clock::time_point now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillInfoLocked(const Region& region, Clock::time_point now, v1::RegionInfo* info) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out)
+  void FillOpenLocked(Region* region, Clock::time_point now, v1::OpenRegionResponse* out, bool writer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Limits limits() const;
@@ -186,6 +215,15 @@ class RegionTable {
   const std::string host_id_;
   const Clock::time_point started_;
   PageAllocator allocator_;
+  WriteGate* gate_ ABSL_GUARDED_BY(mu_) = nullptr;
+  uint8_t* page_map_ = nullptr;  // AttachPageMap's mapping
+  size_t page_map_bytes_ = 0;
+  // What the last failed MakeRoomLocked of this thread lacked (pages beyond the evictable ones).
+  struct Shortfall {
+    int64_t pages = 0;
+    std::string tenant;
+  };
+  static thread_local std::optional<Shortfall> shortfall_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<Region>> regions_ ABSL_GUARDED_BY(mu_);

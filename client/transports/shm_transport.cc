@@ -58,7 +58,7 @@ absl::StatusOr<std::unique_ptr<ShmTransport>> ShmTransport::Map(const ShmPoolAdd
       return absl::FailedPreconditionError(absl::StrFormat(
           "pool file %s is on host %s, not this host (%s)", address.path, address.host_id, LocalHostId()));
     }
-    fd = open(address.path.c_str(), O_RDWR | O_CLOEXEC);
+    fd = open(address.path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
       return absl::PermissionDeniedError(
           absl::StrFormat("cannot open pool %s: %s", address.path, std::strerror(errno)));
@@ -66,14 +66,20 @@ absl::StatusOr<std::unique_ptr<ShmTransport>> ShmTransport::Map(const ShmPoolAdd
   } else {
     return absl::FailedPreconditionError("the daemon offered no shm access to its pool");
   }
-  void* addr = mmap(nullptr, address.pool_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* addr = mmap(nullptr, address.pool_bytes, PROT_READ, MAP_SHARED, fd, 0);
   int err = errno;
-  close(fd);
   if (addr == MAP_FAILED) {
+    close(fd);
     return absl::ResourceExhaustedError(
         absl::StrFormat("cannot map the %d-byte pool: %s", address.pool_bytes, std::strerror(err)));
   }
   std::unique_ptr<ShmTransport> transport(new ShmTransport());
+  transport->address_ = address;
+  if (address.fd_socket_path.empty()) {
+    close(fd);  // a path: reopened read-write on the first write
+  } else {
+    transport->fd_ = fd;
+  }
   transport->mapping_ = static_cast<std::byte*>(addr);
   // Pool offsets stay the daemon's: byte 0 of an arena's mapping is pool offset arena_offset.
   transport->base_ = transport->mapping_ - address.arena_offset;
@@ -83,6 +89,34 @@ absl::StatusOr<std::unique_ptr<ShmTransport>> ShmTransport::Map(const ShmPoolAdd
 
 ShmTransport::~ShmTransport() {
   if (mapping_ != nullptr) munmap(mapping_, size_bytes_);
+  absl::MutexLock lock(&write_mu_);
+  if (writable_mapping_ != nullptr) munmap(writable_mapping_, size_bytes_);
+  if (fd_ >= 0) close(fd_);
+}
+
+absl::StatusOr<std::byte*> ShmTransport::WritableBase() {
+  if (std::byte* b = writable_base_.load(std::memory_order_acquire); b != nullptr) return b;
+  absl::MutexLock lock(&write_mu_);
+  if (writable_mapping_ == nullptr) {
+    int fd = fd_;
+    if (fd < 0) {
+      fd = open(address_.path.c_str(), O_RDWR | O_CLOEXEC);
+      if (fd < 0) {
+        return absl::PermissionDeniedError(absl::StrFormat("cannot open pool %s for writing: %s", address_.path,
+                                                           std::strerror(errno)));
+      }
+    }
+    void* addr = mmap(nullptr, size_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int err = errno;
+    if (fd != fd_) close(fd);
+    if (addr == MAP_FAILED) {
+      return absl::PermissionDeniedError(
+          absl::StrFormat("cannot map the %d-byte pool writable: %s", size_bytes_, std::strerror(err)));
+    }
+    writable_mapping_ = static_cast<std::byte*>(addr);
+    writable_base_.store(writable_mapping_ - address_.arena_offset, std::memory_order_release);
+  }
+  return writable_base_.load(std::memory_order_acquire);
 }
 
 absl::Status ShmTransport::Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes,
@@ -93,9 +127,11 @@ absl::Status ShmTransport::Gather(absl::Span<const int64_t> pool_offsets, int32_
 
 absl::Status ShmTransport::Scatter(const std::byte* src, int32_t entry_bytes,
                                    absl::Span<const int64_t> pool_offsets) {
+  auto base = WritableBase();
+  if (!base.ok()) return base.status();
   const size_t bytes = static_cast<size_t>(entry_bytes);
   for (size_t i = 0; i < pool_offsets.size(); ++i) {
-    std::memcpy(base_ + pool_offsets[i], src + i * bytes, bytes);
+    std::memcpy(*base + pool_offsets[i], src + i * bytes, bytes);
   }
   return absl::OkStatus();
 }

@@ -2,10 +2,18 @@
 // daemon over its Unix socket, a file or hugetlbfs file, or a device-dax CXL device. Gathers
 // are plain loads with software prefetch several entries ahead, so a random top-k gather runs
 // close to the machine's sequential copy bandwidth.
+//
+// Readers get a read-only mapping (PROT_READ): a stray store through a reader's pointer faults in
+// the reader instead of corrupting the pool. Only the first write (a handle holding the region's
+// write lease) maps the pool writable, from the descriptor the daemon handed over (memfd) or by
+// opening the pool file read-write.
 #ifndef SPARSEKV_CLIENT_TRANSPORTS_SHM_TRANSPORT_H_
 #define SPARSEKV_CLIENT_TRANSPORTS_SHM_TRANSPORT_H_
 
 #include <memory>
+#include <atomic>
+
+#include "absl/synchronization/mutex.h"
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -50,12 +58,20 @@ class ShmTransport final : public Transport {
 
   const std::byte* base() const { return base_; }
   int64_t size_bytes() const { return size_bytes_; }
+  // Whether this process has mapped the pool writable (it wrote through this transport).
+  bool writable() const { return writable_base_.load(std::memory_order_acquire) != nullptr; }
 
  private:
   ShmTransport() = default;
-  std::byte* base_ = nullptr;
+  absl::StatusOr<std::byte*> WritableBase();
+  ShmPoolAddress address_;
+  int fd_ = -1;                   // memfd pools: kept to map writable on the first write
+  const std::byte* base_ = nullptr;   // read-only mapping, shifted by the arena offset
   std::byte* mapping_ = nullptr;  // what mmap returned (base_ + arena_offset)
   int64_t size_bytes_ = 0;
+  absl::Mutex write_mu_;
+  std::atomic<std::byte*> writable_base_{nullptr};
+  std::byte* writable_mapping_ ABSL_GUARDED_BY(write_mu_) = nullptr;
 };
 
 }  // namespace sparsekv

@@ -155,6 +155,9 @@ absl::Status TcpGatherTransport::Write(absl::Span<const int64_t> offsets, int32_
     std::string message(std::min<uint64_t>(reply.payload_bytes, 4096), '\0');
     (void)RecvAll(*fd, message.data(), message.size(), deadline, what);
     close(*fd);  // stream position unknown past the message: do not reuse
+    if (reply.status == static_cast<uint32_t>(GatherStatus::kRefused)) {
+      return absl::FailedPreconditionError(absl::StrFormat("%s refused: %s", what, message));
+    }
     return absl::InvalidArgumentError(absl::StrFormat("%s refused: %s", what, message));
   }
   if (!status.ok()) {
@@ -356,7 +359,17 @@ absl::Status TcpGatherTransport::GatherBatch(absl::Span<const GatherWork> work) 
 }
 
 absl::Status TcpGatherTransport::Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) {
-  return Write(pool_offsets, entry_bytes, src);
+  // In requests within the protocol's limits; each is acknowledged only once its bytes are in
+  // pool memory, so a commit sent after Scatter returns covers bytes that are there.
+  const size_t per_request = std::max<size_t>(
+      1, std::min<size_t>(kGatherMaxRanges, kGatherMaxBytes / static_cast<size_t>(std::max(entry_bytes, 1))));
+  for (size_t at = 0; at < pool_offsets.size(); at += per_request) {
+    const size_t n = std::min(per_request, pool_offsets.size() - at);
+    if (auto st = Write(pool_offsets.subspan(at, n), entry_bytes, src + at * static_cast<size_t>(entry_bytes)); !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sparsekv

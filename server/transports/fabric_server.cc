@@ -115,7 +115,7 @@ absl::StatusOr<std::unique_ptr<FabricServer>> FabricServer::Start(Pool* pool, co
   const uint64_t mr_mode = static_cast<uint64_t>(info->domain_attr->mr_mode);
   const uint64_t requested_key = RandomKey(info->domain_attr->mr_key_size);
   if ((rc = fi_mr_reg(s->domain_, pool->base(), static_cast<size_t>(shared_bytes),
-                      FI_REMOTE_READ | FI_REMOTE_WRITE, 0, requested_key, 0, &s->mr_, nullptr)) != 0) {
+                      FI_REMOTE_READ, 0, requested_key, 0, &s->mr_, nullptr)) != 0) {
     return fail(rc, "registering the pool");
   }
   if (mr_mode & FI_MR_ENDPOINT) {
@@ -157,7 +157,7 @@ void FabricServer::ProgressLoop() {
 
 absl::StatusOr<v1::FabricDescriptor> FabricServer::AddArena(int64_t offset, int64_t bytes) {
   fid_mr* mr = nullptr;
-  int rc = fi_mr_reg(domain_, pool_->base() + offset, static_cast<size_t>(bytes), FI_REMOTE_READ | FI_REMOTE_WRITE, 0,
+  int rc = fi_mr_reg(domain_, pool_->base() + offset, static_cast<size_t>(bytes), FI_REMOTE_READ, 0,
                      RandomKey(info_->domain_attr->mr_key_size), 0, &mr, nullptr);
   if (rc != 0) return FabricError(rc, "registering a tenant arena");
   arena_mrs_.push_back(mr);

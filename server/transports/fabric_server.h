@@ -1,7 +1,8 @@
 // FabricServer: the daemon's libfabric endpoint for one-sided RMA. It opens a fabric domain on
-// the configured provider, registers the whole pool once for remote read and write, and
-// publishes provider, endpoint address, key and addressing mode in every OpenRegion reply.
-// Clients then fi_read/fi_write pool bytes directly; the daemon only drives progress (software
+// the configured provider, registers the whole pool once for remote read only, and publishes
+// provider, endpoint address, key and addressing mode in every OpenRegion reply. Clients then
+// fi_read pool bytes directly (writes go through the daemon-checked tcp-gather path, which can
+// refuse a sealed region's pages and acknowledges only bytes in pool memory); the daemon only drives progress (software
 // providers such as tcp need the target side polled).
 #ifndef SPARSEKV_SERVER_TRANSPORTS_FABRIC_SERVER_H_
 #define SPARSEKV_SERVER_TRANSPORTS_FABRIC_SERVER_H_

@@ -46,20 +46,22 @@ bool WriteVec(int fd, std::vector<iovec>& iov) {
   return true;
 }
 
-bool SendError(int fd, uint64_t id, const std::string& message) {
-  GatherResponseHeader h{kGatherMagic, static_cast<uint32_t>(GatherStatus::kBadRequest), id, message.size()};
+bool SendError(int fd, uint64_t id, const std::string& message, GatherStatus status = GatherStatus::kBadRequest) {
+  GatherResponseHeader h{kGatherMagic, static_cast<uint32_t>(status), id, message.size()};
   std::vector<iovec> iov = {{&h, sizeof(h)}, {const_cast<char*>(message.data()), message.size()}};
   return WriteVec(fd, iov);
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<TcpGatherServer>> TcpGatherServer::Start(Pool* pool, const std::string& listen) {
+absl::StatusOr<std::unique_ptr<TcpGatherServer>> TcpGatherServer::Start(Pool* pool, const std::string& listen,
+                                                                        WriteGate* gate) {
   auto parsed = ParseIpv4Listen(listen, "listen.data", "127.0.0.1:7371");
   if (!parsed.ok()) return parsed.status();
   sockaddr_in addr = *parsed;
   std::unique_ptr<TcpGatherServer> server(new TcpGatherServer());
   server->pool_ = pool;
+  server->gate_ = gate;
   server->host_ = listen.substr(0, listen.rfind(':'));
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
@@ -119,6 +121,9 @@ void TcpGatherServer::AcceptLoop() {
 void TcpGatherServer::Serve(int fd) {
   std::vector<GatherRange> ranges;
   std::vector<iovec> iov;
+  std::vector<std::byte> payload;  // a write's bytes, applied only once all of them arrived
+  std::vector<uint64_t> offsets;
+  std::vector<uint32_t> lengths;
   const uint64_t pool_bytes = static_cast<uint64_t>(pool_->size_bytes());
   while (true) {
     GatherRequestHeader h;
@@ -161,14 +166,24 @@ void TcpGatherServer::Serve(int fd) {
         SendError(fd, h.id, problem);
         break;
       }
-      bool ok = true;
-      for (const GatherRange& r : ranges) {
-        if (!ReadFull(fd, pool_->base() + r.offset, r.bytes)) {
-          ok = false;
-          break;
-        }
+      // The whole payload first, then every range checked and applied under the write gate:
+      // a write to a sealed region is refused whole, and a torn connection applies nothing.
+      payload.resize(total);
+      if (total > 0 && !ReadFull(fd, payload.data(), total)) break;
+      offsets.resize(h.count);
+      lengths.resize(h.count);
+      for (uint32_t i = 0; i < h.count; ++i) {
+        offsets[i] = ranges[i].offset;
+        lengths[i] = ranges[i].bytes;
       }
-      if (!ok) break;
+      absl::Status applied =
+          gate_ == nullptr ? absl::FailedPreconditionError("this daemon takes no writes on its tcp-gather path")
+                           : gate_->Write(pool_->base(), h.count, offsets.data(), lengths.data(), payload.data());
+      if (payload.capacity() > (size_t{64} << 20)) std::vector<std::byte>().swap(payload);
+      if (!applied.ok()) {
+        if (!SendError(fd, h.id, std::string(applied.message()), GatherStatus::kRefused)) break;
+        continue;
+      }
       GatherResponseHeader reply{kGatherMagic, static_cast<uint32_t>(GatherStatus::kOk), h.id, 0};
       iov = {{&reply, sizeof(reply)}};
       if (!WriteVec(fd, iov)) break;

@@ -3,9 +3,9 @@
 // writev, and applies write requests to the pool. A thread per connection; requests on one
 // connection are served in order.
 //
-// Ranges are checked against the pool's bounds; a bad request gets an error reply and the
-// connection stays usable. (Which regions a client may touch is the control plane's business:
-// the same trust as a client that maps the pool over shm; tenants are a later issue.)
+// Ranges are checked against the pool's bounds (and a tenant's arena); a bad request gets an
+// error reply and the connection stays usable. Writes are read whole, then applied through the
+// WriteGate: only pages of unsealed regions take writes, all ranges or none.
 #ifndef SPARSEKV_SERVER_TRANSPORTS_TCP_GATHER_SERVER_H_
 #define SPARSEKV_SERVER_TRANSPORTS_TCP_GATHER_SERVER_H_
 
@@ -19,13 +19,16 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "server/pool.h"
+#include "server/write_gate.h"
 
 namespace sparsekv {
 
 class TcpGatherServer {
  public:
   // `listen` is "IPV4:PORT"; port 0 picks one.
-  static absl::StatusOr<std::unique_ptr<TcpGatherServer>> Start(Pool* pool, const std::string& listen);
+  // `gate` decides which pages writes may touch (it must outlive the server).
+  static absl::StatusOr<std::unique_ptr<TcpGatherServer>> Start(Pool* pool, const std::string& listen,
+                                                                WriteGate* gate);
   ~TcpGatherServer();  // closes every connection and joins the threads
 
   int port() const { return port_; }
@@ -43,6 +46,7 @@ class TcpGatherServer {
   void Serve(int fd);
 
   Pool* pool_ = nullptr;
+  WriteGate* gate_ = nullptr;
   absl::Mutex arena_mu_;
   bool require_secret_ ABSL_GUARDED_BY(arena_mu_) = false;
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> arenas_ ABSL_GUARDED_BY(arena_mu_);  // secret -> [begin, end)

@@ -51,7 +51,7 @@ absl::StatusOr<std::unique_ptr<VerbsServer>> VerbsServer::Start(Pool* pool, cons
   s->pd_ = ibv_alloc_pd(s->context_);
   if (s->pd_ == nullptr) return absl::UnavailableError("verbs: ibv_alloc_pd failed");
   s->mr_ = ibv_reg_mr(s->pd_, pool->base(), static_cast<size_t>(shared_bytes),
-                      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE);
+                      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
   if (s->mr_ == nullptr) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "verbs: cannot register the %d-byte pool: %s (raise LimitMEMLOCK)", pool->size_bytes(), std::strerror(errno)));
@@ -68,7 +68,7 @@ absl::StatusOr<std::unique_ptr<VerbsServer>> VerbsServer::Start(Pool* pool, cons
 
 absl::StatusOr<v1::VerbsDescriptor> VerbsServer::AddArena(int64_t offset, int64_t bytes) {
   ibv_mr* mr = ibv_reg_mr(pd_, pool_->base() + offset, static_cast<size_t>(bytes),
-                          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE);
+                          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
   if (mr == nullptr) return absl::ResourceExhaustedError(absl::StrFormat("verbs: cannot register an arena: %s", std::strerror(errno)));
   arena_mrs_.push_back(mr);
   v1::VerbsDescriptor d = descriptor_;

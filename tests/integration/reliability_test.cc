@@ -94,7 +94,7 @@ TEST_CASE("churn: under create, write, fetch, delete and eviction a reader never
   REQUIRE(stats.wrong == 0);
   REQUIRE(stats.unexpected == 0);
   REQUIRE(stats.creates > 50);
-  REQUIRE(stats.fetches > 200);
+  REQUIRE(stats.fetches > 100);  // creates wait (within their deadline) for quarantined pages
   REQUIRE(stats.deletes > 10);
   REQUIRE(pool->evictions > 0);
 }

@@ -188,3 +188,46 @@ TEST_CASE("network-path handles follow a restarted daemon to its new data ports"
   REQUIRE(recovered);
   REQUIRE(CountWrong(101, 1, idx, 656, dst) == 0);
 }
+
+TEST_CASE("after a restart only pages a client could still read are quarantined: a create at once succeeds", "[restart][quarantine]") {
+  TempDir state;
+  std::string pool = state.path() + "/pool";
+  // A lease far longer than the create's deadline: waiting out a quarantine cannot help here.
+  DaemonFixture daemon({.pool_size = "64MiB", .lease_ms = 30000,
+                        .extra_args = {"--backing", "file:" + pool, "--state-dir", state.path() + "/state"}});
+  REQUIRE(MakePatternRegion(daemon.client(), "kept", 3, 656, 700, 5, true).ok());
+  // Unsealed: not restored, and a client of the previous run may still read its 6 pages.
+  auto in_flight = MakePatternRegion(daemon.client(), "in-flight", 3, 656, 400, 6, false);
+  REQUIRE(in_flight.ok());
+  daemon.Kill();
+  daemon.Restart();
+  auto stats = daemon.client().Stats();
+  REQUIRE(stats.ok());
+  INFO(daemon.Log());
+  REQUIRE(stats->quarantined_bytes == 6 * 256 * 1024);  // 3 layers x 2 pages of the unsealed region
+  // 48 MiB of the 64 MiB pool, at once (before: every free page was quarantined for a lease period).
+  auto big = MakePatternRegion(daemon.client(), "big", 4, 656, 16000, 7, true);
+  INFO(big.status().ToString());
+  REQUIRE(big.ok());
+  REQUIRE(VerifyAllLayers(**big, 7, Every(16000, 13)) == 0);
+}
+
+TEST_CASE("a create that fits once the quarantine drains waits within its deadline instead of failing", "[restart][quarantine]") {
+  TempDir state;
+  std::string pool = state.path() + "/pool";
+  DaemonFixture daemon({.pool_size = "16MiB", .lease_ms = 3000,
+                        .extra_args = {"--backing", "file:" + pool, "--state-dir", state.path() + "/state"}});
+  // Unsealed and nearly the whole pool: after the restart its pages are quarantined for a lease.
+  REQUIRE(MakePatternRegion(daemon.client(), "in-flight", 2, 656, 10000, 6, false).ok());
+  daemon.Kill();
+  daemon.Restart();
+  auto stats = daemon.client().Stats();
+  REQUIRE(stats.ok());
+  REQUIRE(stats->quarantined_bytes > 12 * 1024 * 1024);
+  auto started = std::chrono::steady_clock::now();
+  auto big = MakePatternRegion(daemon.client(), "big", 2, 656, 10000, 7, true);  // default 5 s deadline
+  double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  INFO(big.status().ToString() << " after " << waited_ms << " ms\n" << daemon.Log());
+  REQUIRE(big.ok());
+  REQUIRE(VerifyAllLayers(**big, 7, Every(10000, 17)) == 0);
+}

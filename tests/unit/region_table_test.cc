@@ -25,12 +25,16 @@ struct Table {
     r.set_layers(1);
     r.set_entry_bytes(64);
     r.set_capacity_tokens(pages * 1024);
-    return table->Create(r);
+    auto created = table->Create(r);
+    if (created.ok()) writer[key] = created->lease().lease_id();
+    return created;
   }
+  std::map<std::string, uint64_t> writer;  // the creator's write lease, per key
   absl::Status Seal(const std::string& key) {
     v1::CommitRegionRequest r;
     r.set_key(key);
     r.set_seal(true);
+    r.set_lease_id(writer[key]);
     return table->Commit(r).status();
   }
   void Release(uint64_t lease) {
@@ -112,6 +116,7 @@ TEST_CASE("commit rules: grows only, within capacity, not after seal", "[table]"
   REQUIRE(t.Create("a", 1).ok());
   v1::CommitRegionRequest c;
   c.set_key("a");
+  c.set_lease_id(t.writer["a"]);
   c.set_committed_tokens(1025);
   REQUIRE(t.table->Commit(c).status().code() == absl::StatusCode::kOutOfRange);
   c.set_committed_tokens(100);
@@ -143,6 +148,7 @@ TEST_CASE("extending grows every layer by whole pages and keeps existing pages",
   REQUIRE(created->layers(0).pages_size() == 1);
   v1::ExtendRegionRequest e;
   e.set_key("x");
+  e.set_lease_id(created->lease().lease_id());
   e.set_capacity_tokens(3000);
   auto extended = t.table->Extend(e);
   REQUIRE(extended.ok());

@@ -109,10 +109,16 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  // Creates a region and opens it for writing (the creator holds a lease).
+  // Creates a region and opens it for writing: the returned handle holds the region's write
+  // lease (see region.h) until it seals the region, calls ReleaseWrite(), or is destroyed.
   absl::StatusOr<std::shared_ptr<Region>> Create(const RegionSpec& spec);
-  // Opens an existing region by key: page tables, committed length and a lease.
+  // Opens an existing region by key for reading: page tables, committed length and a lease. The
+  // handle is read-only: Write, Append, Reserve, Commit and Seal fail with FAILED_PRECONDITION.
   absl::StatusOr<std::shared_ptr<Region>> Open(const std::string& key);
+  // Opens an unsealed region and takes its write lease (the handoff from prefill to decode).
+  // FAILED_PRECONDITION, naming the holder's lease and when it lapses, while another handle holds
+  // the write lease; FAILED_PRECONDITION once the region is sealed.
+  absl::StatusOr<std::shared_ptr<Region>> OpenForWrite(const std::string& key);
   // Deletes a region. Handles still open keep reading its old bytes until their leases lapse.
   absl::Status Delete(const std::string& key);
   absl::StatusOr<std::vector<RegionInfo>> List(const std::string& key_prefix = "");
@@ -138,6 +144,7 @@ class Client {
 
  private:
   explicit Client(std::shared_ptr<Impl> impl);
+  absl::StatusOr<std::shared_ptr<Region>> OpenRegion(const std::string& key, bool for_write);
   std::shared_ptr<Impl> impl_;
 };
 

@@ -9,6 +9,21 @@
 // Writes go straight into the pool: Write fills a token range of a layer (prefill), Append adds
 // tokens to every layer and commits them (decode). Readers see tokens [0, committed_tokens()).
 //
+// One writer per region. Write access is a lease of its own, held by one handle at a time: the
+// handle from Client::Create holds it; a handle from Client::Open is read-only (its Write,
+// Append, Reserve, Commit and Seal fail with FAILED_PRECONDITION saying why), and where the pool
+// is mapped, readers map it read-only. The handoff from prefill to decode: the prefill server
+// writes and commits, then calls ReleaseWrite() (or destroys its handle); the decode server calls
+// Client::OpenForWrite, which fails with FAILED_PRECONDITION while another handle holds the write
+// lease (until it is released, or lapses when its holder stops renewing it). The daemon refuses
+// extends and commits from any other lease, and writes to sealed regions on its network paths.
+//
+// Visibility: Write and Append return only once the bytes are in the pool (shm: stored by this
+// thread; tcp-gather: acknowledged by the daemon after they are in pool memory; fabric and verbs
+// write through the daemon's tcp-gather path, never by one-sided RMA). So a Commit or Seal sent
+// after them always covers bytes that are there, on every transport, and the seal checksum is
+// computed over the final bytes.
+//
 // Thread-safe. Fetch is lock-free and allocation-free after its first call on a thread.
 #ifndef SPARSEKV_REGION_H_
 #define SPARSEKV_REGION_H_
@@ -43,8 +58,15 @@ class Region {
   // The data-plane transport this handle uses ("shm").
   std::string transport_name() const;
 
+  // True while this handle holds the region's write lease.
+  bool writable() const;
+  // Gives the write lease back (the handle stays open, read-only), so another handle can take it
+  // with Client::OpenForWrite. OK if this handle does not hold it.
+  absl::Status ReleaseWrite();
+
   // Copies entries to tokens [first_token, first_token + n) of `layer`, where n is
-  // entries.size() / entry_bytes(). The tokens must lie within capacity; they become visible to
+  // entries.size() / entry_bytes(). The tokens must lie within capacity (OUT_OF_RANGE naming the
+  // range and the capacity otherwise, also for values near INT64_MAX); they become visible to
   // readers once committed.
   absl::Status Write(int32_t layer, int64_t first_token, absl::Span<const std::byte> entries);
   // Appends `tokens` tokens to every layer after the committed length, growing capacity as
@@ -54,8 +76,11 @@ class Region {
   absl::Status Reserve(int64_t capacity_tokens);
   // Makes tokens [0, committed_tokens) visible to readers. Only grows.
   absl::Status Commit(int64_t committed_tokens);
-  // Commits the current length and seals: no more writes; the region becomes evictable once
-  // no lease holds it.
+  // Seals the region at the committed length: no more writes, ever; the daemon checksums the
+  // committed entries and the region becomes evictable once no lease holds it. Seal commits
+  // nothing itself: if this handle wrote tokens past the committed length, Seal fails with
+  // FAILED_PRECONDITION naming both lengths (call Commit first), instead of silently sealing
+  // less than was written. Sealing a sealed region again is OK.
   absl::Status Seal();
   // Re-reads page tables and committed length from the daemon (takes a fresh lease).
   absl::Status Refresh();
