@@ -20,9 +20,8 @@
 #include "absl/synchronization/mutex.h"
 #include "client/fetch_planner.h"
 #include "client/transports/shm_transport.h"
-#include "client/transports/fabric_transport.h"
+#include "client/rma_loader.h"
 #include "client/transports/tcp_gather_transport.h"
-#include "client/transports/verbs_transport.h"
 #include "common/log.h"
 #include "client/worker_pool.h"
 #include "common/checked.h"
@@ -390,7 +389,7 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
     if (!d.has_verbs()) {
       tried.push_back("verbs: the daemon has no RDMA device");
     } else {
-      auto opened = VerbsTransport::Connect(d.verbs(), control_host, options.rpc_timeout_ms);
+      auto opened = OpenVerbsTransport(d.verbs(), control_host, options.rpc_timeout_ms);
       if (opened.ok() && !register_all(opened->get()).ok()) opened = absl::ResourceExhaustedError("cannot register the client's buffers");
       if (opened.ok()) {
         transport = *std::move(opened);
@@ -403,7 +402,7 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
   // Hardware RMA beats a server-side gather; software RMA (tcp, sockets) does not: it would
   // turn each entry into a round trip of work on both hosts.
   auto open_fabric = [&](const char* why) {
-    auto opened = FabricTransport::Open(d.fabric(), control_host, options.rpc_timeout_ms, options.fabric_force_staging);
+    auto opened = OpenFabricTransport(d.fabric(), control_host, options.rpc_timeout_ms, options.fabric_force_staging);
     if (!opened.ok()) {
       tried.push_back(absl::StrCat("fabric: ", opened.status().message()));
       return;
@@ -664,6 +663,12 @@ absl::StatusOr<std::shared_ptr<Region::State>> AdoptReply(const std::shared_ptr<
       impl->stub->DeleteRegion(ctx2.get(), del, &deleted);
     }
     return state.status();
+  }
+  // Setting up the first transport to a daemon (loading the RMA plugin, a provider's start-up)
+  // can take longer than the lease can be trusted: take a fresh one before handing it out.
+  if (!(*state)->CheckLease().ok()) {
+    absl::MutexLock lock(&(*state)->write_mu);
+    if (auto st = (*state)->Refresh(); !st.ok()) return st;
   }
   absl::MutexLock lock(&impl->mu);
   impl->open[state->get()] = *state;

@@ -42,18 +42,18 @@ struct FabricTransport::Lane {
   }
 };
 
-absl::StatusOr<std::shared_ptr<FabricTransport>> FabricTransport::Open(const v1::FabricDescriptor& daemon,
+absl::StatusOr<std::shared_ptr<FabricTransport>> FabricTransport::Open(const FabricPeer& daemon,
                                                                        const std::string& control_host,
                                                                        int64_t timeout_ms, bool force_staging) {
   std::shared_ptr<FabricTransport> t(new FabricTransport());
-  t->provider_ = daemon.provider();
-  t->address_ = daemon.address();
-  t->key_ = daemon.key();
-  t->base_ = daemon.base();
-  t->software_rma_ = daemon.software_rma();
+  t->provider_ = daemon.provider;
+  t->address_ = daemon.address;
+  t->key_ = daemon.key;
+  t->base_ = daemon.base;
+  t->software_rma_ = daemon.software_rma;
   t->timeout_ms_ = timeout_ms;
   t->force_staging_ = force_staging;
-  if (daemon.addr_format() == FI_SOCKADDR_IN && t->address_.size() >= sizeof(sockaddr_in)) {
+  if (daemon.addr_format == FI_SOCKADDR_IN && t->address_.size() >= sizeof(sockaddr_in)) {
     sockaddr_in in;
     std::memcpy(&in, t->address_.data(), sizeof(in));
     if (in.sin_addr.s_addr == htonl(INADDR_ANY)) {  // "the host you reached the control plane on"
@@ -73,8 +73,8 @@ absl::StatusOr<std::shared_ptr<FabricTransport>> FabricTransport::Open(const v1:
   hints->ep_attr->type = FI_EP_RDM;
   hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
   hints->domain_attr->threading = FI_THREAD_SAFE;
-  hints->addr_format = daemon.addr_format();
-  hints->fabric_attr->prov_name = strdup(daemon.provider().c_str());
+  hints->addr_format = daemon.addr_format;
+  hints->fabric_attr->prov_name = strdup(daemon.provider.c_str());
   hints->dest_addr = malloc(t->address_.size());
   std::memcpy(hints->dest_addr, t->address_.data(), t->address_.size());
   hints->dest_addrlen = t->address_.size();
@@ -82,7 +82,7 @@ absl::StatusOr<std::shared_ptr<FabricTransport>> FabricTransport::Open(const v1:
   fi_freeinfo(hints);
   if (rc != 0 || t->info_ == nullptr) {
     return absl::UnavailableError(absl::StrFormat(
-        "the daemon offers libfabric provider %s, which this host cannot open: %s", daemon.provider(),
+        "the daemon offers libfabric provider %s, which this host cannot open: %s", daemon.provider,
         fi_strerror(-rc)));
   }
   const std::string what = absl::StrCat("fabric provider ", t->provider_);

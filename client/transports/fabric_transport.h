@@ -24,14 +24,14 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "client/transport.h"
-#include "sparsekv/v1/control.pb.h"
+#include "client/rma_plugin.h"
 
 namespace sparsekv {
 
 class FabricTransport final : public RmaTransport {
  public:
   // control_host replaces an IPv4 0.0.0.0 in the daemon's address.
-  static absl::StatusOr<std::shared_ptr<FabricTransport>> Open(const v1::FabricDescriptor& daemon,
+  static absl::StatusOr<std::shared_ptr<FabricTransport>> Open(const FabricPeer& daemon,
                                                                const std::string& control_host, int64_t timeout_ms,
                                                                bool force_staging);
   ~FabricTransport() override;

@@ -60,15 +60,6 @@ absl::Status ExpectEvent(rdma_event_channel* channel, rdma_cm_event_type expecte
 
 }  // namespace
 
-std::vector<std::string> RdmaDevices() {
-  std::vector<std::string> names;
-  int n = 0;
-  ibv_device** list = ibv_get_device_list(&n);
-  for (int i = 0; list != nullptr && i < n; ++i) names.push_back(ibv_get_device_name(list[i]));
-  if (list != nullptr) ibv_free_device_list(list);
-  return names;
-}
-
 struct VerbsTransport::Connection {
   rdma_event_channel* channel = nullptr;
   rdma_cm_id* id = nullptr;
@@ -94,13 +85,13 @@ struct VerbsTransport::Connection {
   }
 };
 
-absl::StatusOr<std::shared_ptr<VerbsTransport>> VerbsTransport::Connect(const v1::VerbsDescriptor& daemon,
+absl::StatusOr<std::shared_ptr<VerbsTransport>> VerbsTransport::Connect(const VerbsPeer& daemon,
                                                                        const std::string& control_host,
                                                                        int64_t timeout_ms) {
   if (RdmaDevices().empty()) return absl::FailedPreconditionError("no RDMA device on this host");
   std::shared_ptr<VerbsTransport> t(new VerbsTransport());
   t->daemon_ = daemon;
-  t->host_ = daemon.host().empty() || daemon.host() == "0.0.0.0" ? control_host : daemon.host();
+  t->host_ = daemon.host.empty() || daemon.host == "0.0.0.0" ? control_host : daemon.host;
   t->timeout_ms_ = timeout_ms;
   auto c = t->AcquireConnection();  // reach the daemon now, not mid-decode
   if (!c.ok()) return c.status();
@@ -125,7 +116,7 @@ absl::StatusOr<std::unique_ptr<VerbsTransport::Connection>> VerbsTransport::Acqu
     }
   }
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
-  const std::string what = absl::StrFormat("verbs connection to %s:%d", host_, daemon_.port());
+  const std::string what = absl::StrFormat("verbs connection to %s:%d", host_, daemon_.port);
   auto c = std::make_unique<Connection>();
   c->channel = rdma_create_event_channel();
   if (c->channel == nullptr || rdma_create_id(c->channel, &c->id, nullptr, RDMA_PS_TCP) != 0) {
@@ -134,7 +125,7 @@ absl::StatusOr<std::unique_ptr<VerbsTransport::Connection>> VerbsTransport::Acqu
   addrinfo hints{};
   hints.ai_family = AF_INET;
   addrinfo* found = nullptr;
-  if (getaddrinfo(host_.c_str(), std::to_string(daemon_.port()).c_str(), &hints, &found) != 0 || found == nullptr) {
+  if (getaddrinfo(host_.c_str(), std::to_string(daemon_.port).c_str(), &hints, &found) != 0 || found == nullptr) {
     return absl::UnavailableError(absl::StrCat(what, ": cannot resolve the host"));
   }
   int rc = rdma_resolve_addr(c->id, nullptr, found->ai_addr, static_cast<int>(timeout_ms_));
@@ -237,7 +228,7 @@ ibv_mr* VerbsTransport::MrFor(const std::byte* p, size_t len) {
 
 absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> work) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
-  const std::string what = absl::StrFormat("verbs RDMA %s from %s:%d", write ? "WRITE" : "READ", host_, daemon_.port());
+  const std::string what = absl::StrFormat("verbs RDMA %s from %s:%d", write ? "WRITE" : "READ", host_, daemon_.port);
   auto acquired = AcquireConnection();
   if (!acquired.ok()) return acquired.status();
   std::unique_ptr<Connection> c = *std::move(acquired);
@@ -265,7 +256,7 @@ absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> w
         VerbsChainOptions o;
         o.write = write;
         o.lkey = lkeys[at];
-        o.rkey = daemon_.rkey();
+        o.rkey = daemon_.rkey;
         o.max_sge = static_cast<int>(c->max_sge);
         o.max_wr = kSendQueueDepth - outstanding;
         o.signal_every = kSignalEvery;
@@ -316,7 +307,7 @@ absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> w
         lkey = c->staging_mr->lkey;
       }
       segments.push_back({reinterpret_cast<uint64_t>(local), static_cast<uint32_t>(eb),
-                          daemon_.base() + static_cast<uint64_t>(w.offsets[e])});
+                          daemon_.base + static_cast<uint64_t>(w.offsets[e])});
       lkeys.push_back(lkey);
     }
     if (!status.ok()) break;

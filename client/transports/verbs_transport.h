@@ -20,16 +20,15 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "client/transport.h"
-#include "sparsekv/v1/control.pb.h"
+#include "client/rma_plugin.h"
+#include "common/rdma_devices.h"
 
 namespace sparsekv {
 
-// Names of the RDMA devices on this host (ibv_get_device_list); empty without any.
-std::vector<std::string> RdmaDevices();
 
 class VerbsTransport final : public RmaTransport {
  public:
-  static absl::StatusOr<std::shared_ptr<VerbsTransport>> Connect(const v1::VerbsDescriptor& daemon,
+  static absl::StatusOr<std::shared_ptr<VerbsTransport>> Connect(const VerbsPeer& daemon,
                                                                  const std::string& control_host, int64_t timeout_ms);
   ~VerbsTransport() override;
 
@@ -46,7 +45,7 @@ class VerbsTransport final : public RmaTransport {
   absl::Status Transfer(bool write, absl::Span<const GatherWork> work) override;
   ibv_mr* MrFor(const std::byte* p, size_t len);
 
-  v1::VerbsDescriptor daemon_;
+  VerbsPeer daemon_;
   std::string host_;
   int64_t timeout_ms_ = 5000;
   absl::Mutex mu_;

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "client/transports/verbs_transport.h"
+#include "common/rdma_devices.h"
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/pattern_regions.h"
 

@@ -168,7 +168,7 @@ TEST_CASE("network-path handles follow a restarted daemon to its new data ports"
   REQUIRE(held.ok());
   auto idx = Every(750, 3);  // seq-1 holds 750 tokens
   std::vector<std::byte> dst(idx.size() * 656);
-  REQUIRE((*held)->Fetch(1, idx, absl::MakeSpan(dst)).ok());
+  { auto st0 = (*held)->Fetch(1, idx, absl::MakeSpan(dst)); INFO(st0.ToString()); REQUIRE(st0.ok()); }
   daemon.Kill();
   daemon.Restart();  // same control port; the data ports are ephemeral and change
   // Fetches fail clearly until the renewer has reopened the region on the new daemon, then work.

@@ -12,7 +12,7 @@
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
-#include "client/transports/fabric_transport.h"
+#include "client/rma_loader.h"
 #include "client/transports/tcp_gather_transport.h"
 #include "common/entry_pattern.h"
 #include "common/fd_passing.h"
@@ -330,7 +330,7 @@ TEST_CASE("security: the data-plane descriptors handed to a tenant reach its own
     close(received->fd);
   }
   SECTION("fabric: team-a's key reads team-a's arena and is refused on team-b's") {
-    auto t = FabricTransport::Open(da.transport().fabric(), "127.0.0.1", 2000, false);
+    auto t = OpenFabricTransport(da.transport().fabric(), "127.0.0.1", 2000, false);
     REQUIRE(t.ok());
     std::vector<std::byte> got(656), want(656);
     std::vector<int64_t> mine = {a_entry};

@@ -9,7 +9,7 @@
 #include <random>
 #include <string>
 
-#include "client/transports/verbs_transport.h"
+#include "common/rdma_devices.h"
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/pattern_regions.h"
 
