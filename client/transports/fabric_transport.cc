@@ -207,6 +207,11 @@ absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> 
     std::byte* user;  // staged: the caller's bytes, copied through `local` in the staging area
   };
   std::vector<Op> ops;
+  // One context per operation: a completion counts only if it names an operation of this round
+  // that has not completed yet. Counting bare CQ entries let a stray or duplicate entry end a
+  // round while reads were still in flight, which then landed in buffers the caller had freed.
+  std::vector<fi_context2> contexts;
+  std::vector<uint8_t> completed;
   size_t staged = 0;
   // Posts every op (at most max_inflight_ outstanding) and reaps them all.
   auto run = [&]() -> absl::Status {
@@ -214,12 +219,15 @@ absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> 
       for (const Op& op : ops) if (op.user != nullptr) std::memcpy(op.local, op.user, op.len);
     }
     size_t posted = 0, done = 0;
+    contexts.assign(ops.size(), fi_context2{});
+    completed.assign(ops.size(), 0);
     fi_cq_entry entries[64];
     while (done < ops.size()) {
       while (posted < ops.size() && posted - done < max_inflight_) {
         const Op& op = ops[posted];
-        ssize_t rc = write ? fi_write(lane->ep, op.local, op.len, op.desc, lane->peer, op.remote, key_, nullptr)
-                           : fi_read(lane->ep, op.local, op.len, op.desc, lane->peer, op.remote, key_, nullptr);
+        void* context = &contexts[posted];
+        ssize_t rc = write ? fi_write(lane->ep, op.local, op.len, op.desc, lane->peer, op.remote, key_, context)
+                           : fi_read(lane->ep, op.local, op.len, op.desc, lane->peer, op.remote, key_, context);
         if (rc == -FI_EAGAIN) break;
         if (rc != 0) return FabricError(static_cast<int>(rc), what);
         ++posted;
@@ -229,7 +237,17 @@ absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> 
         n = fi_cq_sread(lane->cq, entries, 64, nullptr, 5);  // nothing left to post: sleep until one completes
       }
       if (n > 0) {
-        done += static_cast<size_t>(n);
+        for (ssize_t i = 0; i < n; ++i) {
+          const auto c = reinterpret_cast<uintptr_t>(entries[i].op_context);
+          const auto first = reinterpret_cast<uintptr_t>(contexts.data());
+          if (c < first || c >= first + posted * sizeof(fi_context2) || (c - first) % sizeof(fi_context2) != 0) {
+            continue;  // not one of ours in flight
+          }
+          const size_t at = (c - first) / sizeof(fi_context2);
+          if (completed[at]) continue;
+          completed[at] = 1;
+          ++done;
+        }
       } else if (n == -FI_EAVAIL) {
         fi_cq_err_entry err{};
         fi_cq_readerr(lane->cq, &err, 0);

@@ -9,7 +9,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 fail=0
 passed=0
 failed=0
-for target in config planner requests; do
+for target in config planner requests client_api; do
   bin="$BUILD_DIR/tests/fuzz/fuzz_$target"
   [ -x "$bin" ] || { echo "missing $bin"; fail=1; failed=$((failed + 1)); continue; }
   work="$(mktemp -d)"

@@ -237,3 +237,63 @@ TEST_CASE("over the network paths: unknown regions and out-of-range indices get 
   REQUIRE((*region)->Fetch(1, fine, absl::MakeSpan(dst)).ok());
   REQUIRE(CountWrong(4, 1, fine, 656, dst) == 0);
 }
+
+TEST_CASE("over fabric: many threads (more than cores, each its own lane) fetch at once, byte-exact, while a writer appends", "[fabric][concurrency]") {
+  DaemonFixture daemon({.pool_size = "128MiB"});
+  auto client = daemon.NewClient({.transport = "fabric"});
+  constexpr int kRegions = 3, kTokens = 3000, kLayers = 4, kThreads = 12;
+  std::vector<std::shared_ptr<Region>> regions;
+  for (int r = 0; r < kRegions; ++r) {
+    auto made = MakePatternRegion(*client, "many-" + std::to_string(r), kLayers, 656, kTokens, 40 + r, r != 0);
+    REQUIRE(made.ok());
+    regions.push_back(*made);
+  }
+  std::atomic<int64_t> wrong{0}, failed{0}, batches{0};
+  std::atomic<bool> stop{false};
+  std::mutex first_mu;
+  std::string first_error;
+  std::vector<std::thread> readers;
+  for (int t = 0; t < kThreads; ++t) {
+    readers.emplace_back([&, t] {
+      std::mt19937 rng(100 + t);
+      std::vector<std::vector<int32_t>> idx(kRegions * 2);
+      std::vector<std::vector<std::byte>> dst(idx.size());
+      for (int round = 0; round < 40; ++round) {
+        std::vector<FetchItem> items;
+        for (size_t i = 0; i < idx.size(); ++i) {
+          idx[i].resize(64 + rng() % 512);
+          for (auto& x : idx[i]) x = static_cast<int32_t>(rng() % kTokens);
+          dst[i].assign(idx[i].size() * 656, std::byte{0});
+          items.push_back({regions[i % kRegions].get(), static_cast<int32_t>(i % kLayers), idx[i], absl::MakeSpan(dst[i])});
+        }
+        auto st = client->FetchBatch(items);
+        if (!st.ok()) {
+          failed++;
+          std::lock_guard<std::mutex> lock(first_mu);
+          if (first_error.empty()) first_error = st.ToString();
+          continue;
+        }
+        batches++;
+        for (size_t i = 0; i < idx.size(); ++i) {
+          wrong += CountWrong(40 + static_cast<int>(i % kRegions), static_cast<int32_t>(i % kLayers), idx[i], 656, dst[i]);
+        }
+      }
+    });
+  }
+  // The unsealed region keeps growing meanwhile (writes go through the checked tcp path).
+  std::thread writer([&] {
+    std::vector<std::byte> step(kLayers * 656);
+    for (int64_t t = kTokens; t < kTokens + 200; ++t) {
+      for (int32_t l = 0; l < kLayers; ++l) FillEntry(40, l, t, 656, step.data() + l * 656);
+      if (!regions[0]->Append(step, 1).ok()) failed++;
+    }
+  });
+  for (auto& th : readers) th.join();
+  stop = true;
+  writer.join();
+  INFO(first_error);
+  REQUIRE(failed == 0);
+  REQUIRE(wrong == 0);
+  REQUIRE(batches == kThreads * 40);
+  REQUIRE(VerifyAllLayers(*regions[0], 40, {0, kTokens - 1, kTokens + 1}) == 0);
+}

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -117,6 +118,7 @@ void DaemonFixture::Start() {
   std::string log = dir_.path() + "/sparsekvd.log";
   pid_ = fork();
   if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test (or fuzzer) that crashes leaves no daemon behind
     FILE* f = freopen(log.c_str(), "a", stderr);
     (void)f;
     if (options.inherit_pool_fd >= 0) {
