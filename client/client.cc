@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "client/fetch_planner.h"
+#include "client/internal.h"
 #include "client/transports/shm_transport.h"
 #include "client/rma_loader.h"
 #include "client/transports/tcp_gather_transport.h"
@@ -52,12 +53,6 @@ std::vector<int64_t>& OffsetScratch(size_t n) {
 }
 
 }  // namespace
-
-// An immutable snapshot of a region's page table; replaced whole when the region grows.
-struct PageTable {
-  std::vector<std::vector<uint32_t>> layers;
-  int64_t capacity_tokens = 0;
-};
 
 struct Client::Impl {
   ClientOptions options;
@@ -1048,5 +1043,17 @@ absl::Status Region::Fetch(int32_t layer, absl::Span<const int32_t> indices, abs
   s.client->CountFetch(1, static_cast<int64_t>(indices.size()), static_cast<int64_t>(need));
   return s.CheckLease();  // the lease must still have held when the copy finished
 }
+
+RegionView ViewOf(const Region& region) {
+  const Region::State& s = *region.state_;
+  RegionView view;
+  view.geometry = s.geometry;
+  view.table = s.table.load(std::memory_order_acquire);
+  view.committed_tokens = s.committed.load(std::memory_order_acquire);
+  view.transport = s.CurrentTransport();
+  return view;
+}
+
+absl::Status LeaseOf(const Region& region) { return region.state_->CheckLease(); }
 
 }  // namespace sparsekv

@@ -57,6 +57,10 @@ class ShmTransport final : public Transport {
                        absl::Span<const int64_t> pool_offsets) override;
 
   const std::byte* base() const { return base_; }
+  // The mapping itself: mapping() is pool offset arena_offset(), size_bytes() long.
+  const std::byte* mapping() const { return mapping_; }
+  int64_t arena_offset() const { return address_.arena_offset; }
+  const std::string& pool_uuid() const { return address_.pool_uuid; }
   int64_t size_bytes() const { return size_bytes_; }
   // Whether this process has mapped the pool writable (it wrote through this transport).
   bool writable() const { return writable_base_.load(std::memory_order_acquire) != nullptr; }

@@ -78,10 +78,14 @@ World& Shared() {
 
 // The byte every written entry gets: a function of (layer, token) only, so a fetch can be checked
 // whatever was written before.
-std::byte Pattern(int32_t layer, int64_t token) { return static_cast<std::byte>((layer * 131 + token * 7) & 0xff); }
+std::byte Pattern(int32_t layer, int64_t token) {
+  return static_cast<std::byte>((static_cast<uint64_t>(layer) * 131 + static_cast<uint64_t>(token) * 7) & 0xff);
+}
 
 void Fill(std::vector<std::byte>& buf, int32_t layer, int64_t first, int32_t entry_bytes) {
-  for (size_t i = 0; i < buf.size(); ++i) buf[i] = Pattern(layer, first + static_cast<int64_t>(i / entry_bytes));
+  for (size_t i = 0; i < buf.size(); ++i) {
+    buf[i] = Pattern(layer, static_cast<int64_t>(static_cast<uint64_t>(first) + i / entry_bytes));  // wraps, by design
+  }
 }
 
 }  // namespace

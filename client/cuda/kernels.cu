@@ -1,0 +1,434 @@
+// The GPU path's kernels: a top-k gather that reads entries straight from the pool mapped into
+// the device's address space (zero-copy over PCIe/C2C), and the residency cache's lookup (exact
+// LRU, the same decisions as ResidencyReference) with its miss copy.
+//
+// Both resolve token -> pool address on the device from the mirrored page tables, so nothing on
+// the host sits between the indexer's top-k and the fetch; neither allocates nor synchronises,
+// so both can be captured in a CUDA graph and replayed with new indices.
+#include "client/cuda/kernels.h"
+
+#include <cuda_runtime.h>
+
+namespace sparsekv::cuda {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kEmpty = -1;
+
+__device__ void Report(DeviceError* error, uint32_t code, int32_t row, int32_t layer, int32_t index, int32_t slot,
+                       int64_t limit) {
+  if (atomicCAS(&error->code, 0u, code) == 0u) {
+    error->row = row;
+    error->layer = layer;
+    error->index = index;
+    error->slot = slot;
+    error->limit = limit;
+  }
+}
+
+template <typename V>
+__device__ V Zero();
+template <>
+__device__ uint4 Zero<uint4>() { return make_uint4(0, 0, 0, 0); }
+template <>
+__device__ uint32_t Zero<uint32_t>() { return 0; }
+template <>
+__device__ uint8_t Zero<uint8_t>() { return 0; }
+
+// Pool address of (slot, layer, token); the caller has checked the token against committed.
+__device__ __forceinline__ const uint8_t* EntryAddress(const DeviceTables& t, int32_t slot, int32_t layer, int32_t token) {
+  const uint32_t tpp = static_cast<uint32_t>(t.tokens_per_page);
+  const uint32_t page_index = static_cast<uint32_t>(token) / tpp;
+  const uint32_t in_page = static_cast<uint32_t>(token) - page_index * tpp;
+  const uint32_t page = t.pages[(static_cast<int64_t>(slot) * t.layers + layer) * t.max_pages + page_index];
+  return reinterpret_cast<const uint8_t*>(t.base[slot] + static_cast<uint64_t>(page) * t.page_bytes +
+                                          static_cast<uint64_t>(in_page) * t.stride);
+}
+
+// One warp per entry: lanes move vectors of the entry, two per lane in flight before storing.
+template <typename V>
+__device__ __forceinline__ void CopyEntry(V* __restrict__ out, const V* __restrict__ src, int vec, int lane) {
+  for (int v = lane; v < vec; v += 2 * kWarp) {
+    const bool second = v + kWarp < vec;
+    V a = src[v];
+    V b = second ? src[v + kWarp] : Zero<V>();
+    out[v] = a;
+    if (second) out[v + kWarp] = b;
+  }
+}
+template <typename V>
+__device__ __forceinline__ void ZeroEntry(V* out, int vec, int lane) {
+  for (int v = lane; v < vec; v += kWarp) out[v] = Zero<V>();
+}
+
+template <typename V>
+__global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __restrict__ indices, int32_t batch,
+                             int32_t k, const int32_t* __restrict__ row_slot, uint8_t* __restrict__ dst,
+                             const int32_t* __restrict__ dst_slots, DeviceError* error) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  const int vec = t.entry_bytes / static_cast<int>(sizeof(V));
+  const int64_t total = static_cast<int64_t>(batch) * k;
+  for (int64_t e = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp; e < total; e += warps) {
+    const int32_t row = static_cast<int32_t>(e / k);
+    const int32_t token = indices[e];
+    const int64_t at = dst_slots != nullptr ? static_cast<int64_t>(dst_slots[e]) : e;
+    V* out = reinterpret_cast<V*>(dst + at * t.entry_bytes);
+    if (token == -1) {  // padding: reads nothing
+      ZeroEntry(out, vec, lane);
+      continue;
+    }
+    const int32_t slot = row_slot[row];
+    if (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) {
+      if (lane == 0) Report(error, kErrorSlot, row, layer, token, slot, 0);
+      ZeroEntry(out, vec, lane);
+      continue;
+    }
+    const int64_t committed = t.committed[slot];
+    if (token < 0 || token >= committed) {
+      if (lane == 0) Report(error, kErrorIndex, row, layer, token, slot, committed);
+      ZeroEntry(out, vec, lane);
+      continue;
+    }
+    CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token)), vec, lane);
+  }
+}
+
+// ---- residency cache -------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t HashOf(int32_t key, int bits) {
+  return (static_cast<uint32_t>(key) * 2654435761u) >> (32 - bits);
+}
+
+// Inserts key (if absent); returns its slot.
+__device__ int HashInsert(int32_t* keys, int bits, int32_t key) {
+  const uint32_t mask = (1u << bits) - 1;
+  uint32_t h = HashOf(key, bits);
+  while (true) {
+    const int32_t prev = atomicCAS(&keys[h], kEmpty, key);
+    if (prev == kEmpty || prev == key) return static_cast<int>(h);
+    h = (h + 1) & mask;
+  }
+}
+__device__ int HashFind(const int32_t* keys, int bits, int32_t key) {
+  const uint32_t mask = (1u << bits) - 1;
+  uint32_t h = HashOf(key, bits);
+  while (true) {
+    const int32_t k = keys[h];
+    if (k == key) return static_cast<int>(h);
+    if (k == kEmpty) return -1;
+    h = (h + 1) & mask;
+  }
+}
+
+int HashBits(int32_t entries) {  // a table of 2^bits >= 1.25 x entries
+  int bits = 4;
+  while ((1 << bits) < entries + entries / 4) ++bits;
+  return bits;
+}
+
+// In-place exclusive scan of a[0, n) in shared memory by the whole block; returns the total.
+__device__ int BlockExclusiveScan(int32_t* a, int n, int32_t* parts) {
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int chunk = (n + nt - 1) / nt;
+  const int begin = min(n, tid * chunk), end = min(n, begin + chunk);
+  int local = 0;
+  for (int i = begin; i < end; ++i) local += a[i];
+  // Warp-inclusive scan of the per-thread sums, then across warps.
+  int incl = local;
+  const int lane = tid % kWarp, warp = tid / kWarp;
+  for (int d = 1; d < kWarp; d <<= 1) {
+    int up = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += up;
+  }
+  if (lane == kWarp - 1) parts[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = nt / kWarp;
+    int v = lane < nw ? parts[lane] : 0;
+    for (int d = 1; d < kWarp; d <<= 1) {
+      int up = __shfl_up_sync(0xffffffffu, v, d);
+      if (lane >= d) v += up;
+    }
+    if (lane < nw) parts[lane] = v;  // inclusive totals per warp
+  }
+  __syncthreads();
+  const int before_warp = warp > 0 ? parts[warp - 1] : 0;
+  int running = before_warp + incl - local;
+  for (int i = begin; i < end; ++i) {
+    const int x = a[i];
+    a[i] = running;
+    running += x;
+  }
+  const int total = parts[nt / kWarp - 1];
+  __syncthreads();
+  return total;
+}
+
+constexpr int kLookupThreads = 1024;
+constexpr int32_t kPendingMiss = -2;
+
+struct LookupLayout {
+  int hash_bits, miss_bits;
+  size_t order, touched, hkeys, hvals, mkeys, mpos, mrank, scan, out, victims, misstok, parts, bytes;
+};
+
+__host__ __device__ inline size_t Align16(size_t x) { return (x + 15) / 16 * 16; }
+
+LookupLayout MakeLayout(int32_t capacity, int32_t k) {
+  LookupLayout l{};
+  l.hash_bits = HashBits(capacity);
+  l.miss_bits = HashBits(k);
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    size_t here = at;
+    at = Align16(at + bytes);
+    return here;
+  };
+  const size_t scan_n = static_cast<size_t>(capacity > k ? capacity : k);
+  l.order = take(4ul * capacity);
+  l.touched = take(4ul * capacity);
+  l.hkeys = take(4ul << l.hash_bits);
+  l.hvals = take(4ul << l.hash_bits);
+  l.mkeys = take(4ul << l.miss_bits);
+  l.mpos = take(4ul << l.miss_bits);
+  l.mrank = take(4ul << l.miss_bits);
+  l.scan = take(4ul * scan_n);
+  l.out = take(4ul * k);
+  l.victims = take(4ul * k);
+  l.misstok = take(4ul * k);
+  l.parts = take(4ul * (kLookupThreads / kWarp));
+  l.bytes = at;
+  return l;
+}
+
+__global__ void LookupKernel(DeviceTables t, CacheState c, LookupLayout l, int32_t layer,
+                             const int32_t* __restrict__ indices, int32_t k, const int32_t* __restrict__ row_slot,
+                             int32_t* __restrict__ out_slots, bool count, DeviceError* error) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  int32_t* s_order = reinterpret_cast<int32_t*>(smem + l.order);
+  int32_t* s_touched = reinterpret_cast<int32_t*>(smem + l.touched);
+  int32_t* s_hkeys = reinterpret_cast<int32_t*>(smem + l.hkeys);
+  int32_t* s_hvals = reinterpret_cast<int32_t*>(smem + l.hvals);
+  int32_t* s_mkeys = reinterpret_cast<int32_t*>(smem + l.mkeys);
+  int32_t* s_mpos = reinterpret_cast<int32_t*>(smem + l.mpos);
+  int32_t* s_mrank = reinterpret_cast<int32_t*>(smem + l.mrank);
+  int32_t* s_scan = reinterpret_cast<int32_t*>(smem + l.scan);
+  int32_t* s_out = reinterpret_cast<int32_t*>(smem + l.out);
+  int32_t* s_victims = reinterpret_cast<int32_t*>(smem + l.victims);
+  int32_t* s_misstok = reinterpret_cast<int32_t*>(smem + l.misstok);
+  int32_t* s_parts = reinterpret_cast<int32_t*>(smem + l.parts);
+  __shared__ unsigned long long s_hits;
+  __shared__ int s_bad_slot;
+
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int32_t row = blockIdx.x;
+  const int32_t n = c.capacity;
+  const int32_t slot = row_slot[row];
+  const int32_t* row_indices = indices + static_cast<int64_t>(row) * k;
+  int32_t* row_out = out_slots + static_cast<int64_t>(row) * k;
+  if (tid == 0) {
+    s_hits = 0;
+    s_bad_slot = (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) ? 1 : 0;
+  }
+  __syncthreads();
+  if (s_bad_slot) {
+    for (int i = tid; i < k; i += nt) row_out[i] = -1;
+    if (tid == 0) {
+      c.miss_count[row] = 0;
+      Report(error, kErrorSlot, row, layer, -1, slot, 0);
+    }
+    return;
+  }
+  const int64_t committed = t.committed[slot];
+  const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * n;
+  for (int i = tid; i < (1 << l.hash_bits); i += nt) s_hkeys[i] = kEmpty;
+  for (int i = tid; i < (1 << l.miss_bits); i += nt) {
+    s_mkeys[i] = kEmpty;
+    s_mpos[i] = 0x7fffffff;
+  }
+  for (int h = tid; h < n; h += nt) {
+    s_order[h] = c.order[cb + h];
+    s_touched[h] = 0;
+  }
+  __syncthreads();
+  // 1. The resident tokens.
+  for (int h = tid; h < n; h += nt) {
+    const int32_t token = c.tokens[cb + h];
+    if (token >= 0) s_hvals[HashInsert(s_hkeys, l.hash_bits, token)] = h;
+  }
+  __syncthreads();
+  // 2. Hits, and the distinct misses with their first position.
+  unsigned long long hits = 0;
+  for (int i = tid; i < k; i += nt) {
+    const int32_t token = row_indices[i];
+    int32_t out = -1;
+    if (token == -1) {
+      // padding
+    } else if (token < -1 || token >= committed) {
+      Report(error, kErrorIndex, row, layer, token, slot, committed);
+    } else {
+      const int at = HashFind(s_hkeys, l.hash_bits, token);
+      if (at >= 0) {
+        out = s_hvals[at];
+        s_touched[out] = 1;
+        ++hits;
+      } else {
+        atomicMin(&s_mpos[HashInsert(s_mkeys, l.miss_bits, token)], i);
+        out = kPendingMiss;
+      }
+    }
+    s_out[i] = out;
+  }
+  __syncthreads();
+  // 3. Rank the misses in order of first appearance.
+  for (int i = tid; i < k; i += nt) {
+    int first = 0;
+    if (s_out[i] == kPendingMiss) {
+      first = s_mpos[HashFind(s_mkeys, l.miss_bits, row_indices[i])] == i ? 1 : 0;
+    }
+    s_scan[i] = first;
+  }
+  __syncthreads();
+  const int m = BlockExclusiveScan(s_scan, k, s_parts);
+  for (int i = tid; i < k; i += nt) {
+    if (s_out[i] != kPendingMiss) continue;
+    const int at = HashFind(s_mkeys, l.miss_bits, row_indices[i]);
+    if (s_mpos[at] == i) {
+      s_mrank[at] = s_scan[i];
+      s_misstok[s_scan[i]] = row_indices[i];
+    } else {
+      ++hits;  // a duplicate of a miss: served by the same fetch
+    }
+  }
+  __syncthreads();
+  // 4. Victims: untouched entries from the least-recently-used end.
+  for (int p = tid; p < n; p += nt) s_scan[p] = s_touched[s_order[n - 1 - p]] ? 0 : 1;
+  __syncthreads();
+  // The untouched count is the scan total; read each flag again from s_touched.
+  const int untouched = BlockExclusiveScan(s_scan, n, s_parts);
+  for (int p = tid; p < n; p += nt) {
+    const int32_t h = s_order[n - 1 - p];
+    if (!s_touched[h] && s_scan[p] < m) s_victims[s_scan[p]] = h;
+  }
+  if (tid == 0 && untouched < m) Report(error, kErrorCapacity, row, layer, m, slot, untouched);
+  __syncthreads();
+  const int filled = m < untouched ? m : untouched;
+  for (int j = tid; j < filled; j += nt) {
+    const int32_t h = s_victims[j];
+    c.tokens[cb + h] = s_misstok[j];
+    s_touched[h] = 1;
+    c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = s_misstok[j];
+    c.miss_slots[static_cast<int64_t>(row) * c.max_k + j] = h;
+  }
+  if (tid == 0) c.miss_count[row] = filled;
+  __syncthreads();
+  // 5. Each index's hot entry.
+  for (int i = tid; i < k; i += nt) {
+    int32_t out = s_out[i];
+    if (out == kPendingMiss) {
+      const int rank = s_mrank[HashFind(s_mkeys, l.miss_bits, row_indices[i])];
+      out = rank < filled ? s_victims[rank] : -1;
+    }
+    row_out[i] = out;
+  }
+  // 6. New recency order: touched first, each group in its previous order.
+  for (int p = tid; p < n; p += nt) s_scan[p] = s_touched[s_order[p]];
+  __syncthreads();
+  const int touched = BlockExclusiveScan(s_scan, n, s_parts);
+  for (int p = tid; p < n; p += nt) {
+    const int32_t h = s_order[p];
+    const int at = s_touched[h] ? s_scan[p] : touched + (p - s_scan[p]);
+    c.order[cb + at] = h;
+  }
+  if (count) {
+    atomicAdd(&s_hits, hits);
+    __syncthreads();
+    if (tid == 0) {
+      atomicAdd(&c.counters[2 * layer], s_hits);
+      atomicAdd(&c.counters[2 * layer + 1], static_cast<unsigned long long>(filled));
+    }
+  }
+}
+
+template <typename V>
+__global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ row_slot) {
+  const int32_t row = blockIdx.y;
+  const int32_t count = c.miss_count[row];
+  const int32_t slot = row_slot[row];
+  if (count == 0 || slot < 0 || slot >= t.max_slots || t.base[slot] == 0) return;
+  const int lane = threadIdx.x % kWarp;
+  const int vec = t.entry_bytes / static_cast<int>(sizeof(V));
+  const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * c.capacity;
+  const int warps = gridDim.x * (blockDim.x / kWarp);
+  for (int j = (blockIdx.x * blockDim.x + threadIdx.x) / kWarp; j < count; j += warps) {
+    const int64_t at = static_cast<int64_t>(row) * c.max_k + j;
+    const int32_t token = c.miss_tokens[at];
+    V* out = reinterpret_cast<V*>(c.hot + (cb + c.miss_slots[at]) * t.entry_bytes);
+    CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token)), vec, lane);
+  }
+}
+
+__global__ void ResetSlotKernel(CacheState c, int32_t slot, int32_t layers) {
+  const int64_t per_slot = static_cast<int64_t>(layers) * c.capacity;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per_slot;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    c.tokens[slot * per_slot + i] = -1;
+    c.order[slot * per_slot + i] = static_cast<int32_t>(i % c.capacity);
+  }
+}
+
+int Blocks(int64_t warps_of_work, int threads) {
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int64_t per_block = threads / kWarp;
+  const int64_t want = (warps_of_work + per_block - 1) / per_block;
+  const int64_t cap = static_cast<int64_t>(sms) * 8;
+  return static_cast<int>(want < 1 ? 1 : (want > cap ? cap : want));
+}
+
+}  // namespace
+
+void LaunchGather(const DeviceTables& t, cudaStream_t stream, int32_t layer, const int32_t* indices, int32_t batch,
+                  int32_t k, const int32_t* row_slot, uint8_t* dst, const int32_t* dst_slots, DeviceError* error) {
+  const int64_t entries = static_cast<int64_t>(batch) * k;
+  if (entries == 0) return;
+  constexpr int kThreads = 256;
+  const int blocks = Blocks(entries, kThreads);
+  const bool aligned16 = t.entry_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && t.stride % 16 == 0 &&
+                         t.page_bytes % 16 == 0;
+  if (aligned16) {
+    GatherKernel<uint4><<<blocks, kThreads, 0, stream>>>(t, layer, indices, batch, k, row_slot, dst, dst_slots, error);
+  } else if (t.entry_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 4 == 0) {
+    GatherKernel<uint32_t><<<blocks, kThreads, 0, stream>>>(t, layer, indices, batch, k, row_slot, dst, dst_slots, error);
+  } else {
+    GatherKernel<uint8_t><<<blocks, kThreads, 0, stream>>>(t, layer, indices, batch, k, row_slot, dst, dst_slots, error);
+  }
+}
+
+size_t LookupSharedBytes(int32_t capacity, int32_t k) { return MakeLayout(capacity, k).bytes + 64; }
+
+void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t stream, int32_t layer,
+                  const int32_t* indices, int32_t batch, int32_t k, const int32_t* row_slot, int32_t* out_slots,
+                  bool count, DeviceError* error) {
+  if (batch == 0 || k == 0) return;
+  const LookupLayout l = MakeLayout(c.capacity, k);
+  cudaFuncSetAttribute(LookupKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.bytes));
+  LookupKernel<<<batch, kLookupThreads, l.bytes, stream>>>(t, c, l, layer, indices, k, row_slot, out_slots, count, error);
+  constexpr int kThreads = 256;
+  const int per_row = Blocks(k, kThreads) / (batch > 0 ? batch : 1) + 1;
+  dim3 grid(per_row, batch);
+  if (t.entry_bytes % 16 == 0 && t.stride % 16 == 0) {
+    CopyMissesKernel<uint4><<<grid, kThreads, 0, stream>>>(t, c, layer, row_slot);
+  } else if (t.entry_bytes % 4 == 0) {
+    CopyMissesKernel<uint32_t><<<grid, kThreads, 0, stream>>>(t, c, layer, row_slot);
+  } else {
+    CopyMissesKernel<uint8_t><<<grid, kThreads, 0, stream>>>(t, c, layer, row_slot);
+  }
+}
+
+void LaunchResetSlot(const CacheState& c, cudaStream_t stream, int32_t slot, int32_t layers) {
+  ResetSlotKernel<<<64, 256, 0, stream>>>(c, slot, layers);
+}
+
+}  // namespace sparsekv::cuda
