@@ -334,7 +334,6 @@ absl::Status DeviceBatch::Gather(cudaStream_t stream, int32_t layer, const int32
   if (!all_mapped) return m.StagedGather(stream, layer, indices, batch, k, row_slot, dst, dst_slots);
   LaunchGather(m.Tables(), stream, layer, indices, batch, k, row_slot, static_cast<uint8_t*>(dst), dst_slots, m.d_error);
   SKV_CUDA_RETURN(cudaGetLastError(), "launching the gather kernel");
-  SKV_CUDA_RETURN(cudaLaunchHostFunc(stream, &Impl::LeaseCheckAfterKernel, &m), "queueing the lease check");
   return absl::OkStatus();
 }
 
@@ -419,6 +418,10 @@ absl::Status DeviceBatch::Impl::StagedGather(cudaStream_t stream, int32_t layer,
   // The staging area is reused by the next call: wait until the copy has read it.
   SKV_CUDA_RETURN(cudaStreamSynchronize(stream), "staged copy to the device");
   return absl::OkStatus();
+}
+
+absl::Status DeviceBatch::EndStep(cudaStream_t stream) {
+  return CudaError(cudaLaunchHostFunc(stream, &Impl::LeaseCheckAfterKernel, impl_.get()), "queueing the lease check");
 }
 
 absl::Status DeviceBatch::CheckErrors(cudaStream_t stream) {
@@ -550,7 +553,6 @@ absl::Status ResidencyCache::Lookup(cudaStream_t stream, int32_t layer, const in
   }
   LaunchLookup(m.Tables(), c.state, stream, layer, indices, batch, k, row_slot, out_slots, /*count=*/true, m.d_error);
   SKV_CUDA_RETURN(cudaGetLastError(), "launching the residency lookup");
-  SKV_CUDA_RETURN(cudaLaunchHostFunc(stream, &DeviceBatch::Impl::LeaseCheckAfterKernel, &m), "queueing the lease check");
   return absl::OkStatus();
 }
 

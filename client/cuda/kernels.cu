@@ -61,6 +61,12 @@ __device__ __forceinline__ void ZeroEntry(V* out, int vec, int lane) {
   for (int v = lane; v < vec; v += kWarp) out[v] = Zero<V>();
 }
 
+// Entries are taken kGroup at a time per warp: lane j < kGroup resolves entry j's pool address
+// (index, slot, committed length, page table: a chain of dependent loads), then the whole warp
+// moves the group's vectors, several independent loads in flight per lane. Resolving a group at
+// once hides the chain's latency behind the group's copies.
+constexpr int kGroup = 8;
+
 template <typename V>
 __global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __restrict__ indices, int32_t batch,
                              int32_t k, const int32_t* __restrict__ row_slot, uint8_t* __restrict__ dst,
@@ -69,28 +75,51 @@ __global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __res
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   const int vec = t.entry_bytes / static_cast<int>(sizeof(V));
   const int64_t total = static_cast<int64_t>(batch) * k;
-  for (int64_t e = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp; e < total; e += warps) {
-    const int32_t row = static_cast<int32_t>(e / k);
-    const int32_t token = indices[e];
-    const int64_t at = dst_slots != nullptr ? static_cast<int64_t>(dst_slots[e]) : e;
-    V* out = reinterpret_cast<V*>(dst + at * t.entry_bytes);
-    if (token == -1) {  // padding: reads nothing
-      ZeroEntry(out, vec, lane);
-      continue;
+  for (int64_t first = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp) * kGroup; first < total;
+       first += warps * kGroup) {
+    // Lane j < kGroup resolves entry first + j: src (null: zero-fill) and dst.
+    const V* src = nullptr;
+    V* out = nullptr;
+    if (lane < kGroup && first + lane < total) {
+      const int64_t e = first + lane;
+      const int32_t row = static_cast<int32_t>(e / k);
+      const int32_t token = indices[e];
+      const int64_t at = dst_slots != nullptr ? static_cast<int64_t>(dst_slots[e]) : e;
+      out = reinterpret_cast<V*>(dst + at * t.entry_bytes);
+      if (token != -1) {  // -1: padding, reads nothing
+        const int32_t slot = row_slot[row];
+        if (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) {
+          Report(error, kErrorSlot, row, layer, token, slot, 0);
+        } else {
+          const int64_t committed = t.committed[slot];
+          if (token < 0 || token >= committed) {
+            Report(error, kErrorIndex, row, layer, token, slot, committed);
+          } else {
+            src = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token));
+          }
+        }
+      }
     }
-    const int32_t slot = row_slot[row];
-    if (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) {
-      if (lane == 0) Report(error, kErrorSlot, row, layer, token, slot, 0);
-      ZeroEntry(out, vec, lane);
-      continue;
+    const int in_group = static_cast<int>(total - first < kGroup ? total - first : kGroup);
+    const int chunks = in_group * vec;
+    // Four chunks per lane in flight before their stores.
+    for (int c0 = 0; c0 < chunks; c0 += 4 * kWarp) {  // uniform across the warp (shuffles inside)
+      V r[4];
+      V* o[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int c = c0 + lane + u * kWarp;
+        const int j = c < chunks ? c / vec : 0;
+        const V* s = reinterpret_cast<const V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(src), j));
+        V* d = reinterpret_cast<V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(out), j));
+        o[u] = c < chunks ? d + (c - j * vec) : nullptr;
+        r[u] = (c < chunks && s != nullptr) ? s[c - j * vec] : Zero<V>();
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (o[u] != nullptr) *o[u] = r[u];
+      }
     }
-    const int64_t committed = t.committed[slot];
-    if (token < 0 || token >= committed) {
-      if (lane == 0) Report(error, kErrorIndex, row, layer, token, slot, committed);
-      ZeroEntry(out, vec, lane);
-      continue;
-    }
-    CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token)), vec, lane);
   }
 }
 
@@ -413,7 +442,12 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
                   bool count, DeviceError* error) {
   if (batch == 0 || k == 0) return;
   const LookupLayout l = MakeLayout(c.capacity, k);
-  cudaFuncSetAttribute(LookupKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.bytes));
+  // Raise the kernel's shared-memory limit once per size (a driver call, not per launch).
+  static thread_local size_t raised = 0;
+  if (l.bytes > raised) {
+    cudaFuncSetAttribute(LookupKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.bytes));
+    raised = l.bytes;
+  }
   LookupKernel<<<batch, kLookupThreads, l.bytes, stream>>>(t, c, l, layer, indices, k, row_slot, out_slots, count, error);
   constexpr int kThreads = 256;
   const int per_row = Blocks(k, kThreads) / (batch > 0 ? batch : 1) + 1;

@@ -7,6 +7,8 @@
 
 #include <cuda_runtime.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -208,6 +210,7 @@ TEST_CASE("device gather captured in a CUDA graph and replayed 100 times with ne
   cudaGraph_t graph;
   REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
   REQUIRE((*batch)->Gather(stream, 2, d_idx.ptr, 2, k, d_slot.ptr, d_dst.ptr).ok());
+  REQUIRE((*batch)->EndStep(stream).ok());  // the lease check is part of the graph
   REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
   cudaGraphExec_t exec;
   REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
@@ -344,6 +347,37 @@ TEST_CASE("device gather over a network pool (tcp-gather) stages through pinned 
   REQUIRE((*batch)->Gather(stream, 0, d_idx.ptr, 1, k, d_slot.ptr, d_dst.ptr).ok());
   REQUIRE((*batch)->CheckErrors(stream).ok());
   REQUIRE(d_dst.Get() == Expected({*region}, 0, idx, k));
+  cudaStreamDestroy(stream);
+}
+
+TEST_CASE("device gather: a lease that lapses is refused before launch, and one that lapses during the step is reported at its end", "[gpu][lease]") {
+  DaemonFixture daemon({.pool_size = "64MiB", .lease_ms = 600});
+  auto writer = daemon.NewClient();
+  auto region = MakePatternRegion(*writer, "leased", kLayers, kEntry, 200, 3, true);
+  REQUIRE(region.ok());
+  auto reader_client = daemon.NewClient({.renew_leases = false});  // its lease lapses after ~480 ms
+  auto reader = reader_client->Open("leased");
+  REQUIRE(reader.ok());
+  auto batch = DeviceBatch::Create(*reader_client, {.max_slots = 1, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = 1024});
+  REQUIRE(batch.ok());
+  cudaStream_t stream;
+  REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
+  REQUIRE((*batch)->Bind(0, *reader, stream).ok());
+  DeviceArray<int32_t> d_idx(1), d_slot(1);
+  d_idx.Put({7});
+  d_slot.Put({0});
+  DeviceArray<std::byte> d_dst(kEntry);
+  REQUIRE((*batch)->Gather(stream, 0, d_idx.ptr, 1, 1, d_slot.ptr, d_dst.ptr).ok());
+  // The step's end is reached only after the lease has lapsed: the check on the stream says so.
+  REQUIRE(cudaLaunchHostFunc(stream, [](void*) { usleep(700 * 1000); }, nullptr) == cudaSuccess);
+  REQUIRE((*batch)->EndStep(stream).ok());
+  auto late = (*batch)->CheckErrors(stream);
+  INFO(late.ToString());
+  REQUIRE(late.code() == absl::StatusCode::kFailedPrecondition);
+  REQUIRE(std::string(late.message()).find("lapsed") != std::string::npos);
+  // And a gather launched now is refused before it reads anything.
+  REQUIRE((*batch)->Gather(stream, 0, d_idx.ptr, 1, 1, d_slot.ptr, d_dst.ptr).code() ==
+          absl::StatusCode::kFailedPrecondition);
   cudaStreamDestroy(stream);
 }
 

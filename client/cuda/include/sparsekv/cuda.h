@@ -19,11 +19,15 @@
 // entry (the page table a sparse attention kernel such as FlashMLA's consumes) and fetches only
 // the misses from the pool.
 //
-// Leases: Gather and Lookup check every bound slot's lease before launching and again when the
-// stream reaches the end of the kernel (a host function on the stream); a lease that lapsed in
-// between makes CheckErrors() fail with FAILED_PRECONDITION. In a captured graph the host check
-// is part of the graph and runs at every replay; the check before launch runs at capture only,
-// so call Sync() (which checks the leases and uploads new pages) before each replay.
+// Leases: Sync, Gather and Lookup check every bound slot's lease on the host before they enqueue
+// work, and EndStep (once per decode step, after its last gather) enqueues a host function that
+// checks them again when the stream gets there; a lease that lapsed in between makes
+// CheckErrors() fail with FAILED_PRECONDITION. A lease that holds at the end of the step held
+// throughout it (leases only lapse; a lapsed one is never renewed, and a reopen succeeds only
+// for the same region, whose pages never move), so one check per step covers every kernel of the
+// step without a host round trip per layer. In a captured graph the EndStep check is part of the
+// graph and runs at every replay, while the checks before enqueueing ran at capture only: call
+// Sync() (leases, new pages, committed lengths) before each replay.
 //
 // Network pools (tcp-gather, fabric, verbs): a slot whose region is not mapped is served through
 // the client's transport into pinned staging memory and then copied to the device on the same
@@ -75,6 +79,9 @@ class DeviceBatch {
   // goes to dst + dst_slots[r * k + i] * entry_bytes instead.
   absl::Status Gather(cudaStream_t stream, int32_t layer, const int32_t* indices, int32_t batch, int32_t k,
                       const int32_t* row_slot, void* dst, const int32_t* dst_slots = nullptr);
+
+  // Enqueues the end-of-step lease check (see the top of this file).
+  absl::Status EndStep(cudaStream_t stream);
 
   // Waits for the stream, reads and clears the error word: OUT_OF_RANGE naming row, slot, layer
   // and index; INVALID_ARGUMENT for a row of an unbound slot; FAILED_PRECONDITION for a lease that

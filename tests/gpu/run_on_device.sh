@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# What a `device` run executes (the GPU machine has CUDA but none of our Debian libraries: run
+# `../shared/tools/device-bundle build .device-bundle` here first and carry .device-bundle).
+# Writes logs to $OUT (or ./device-out). Steps: the GPU tests, the same under compute-sanitizer
+# memcheck, the GPU benchmark, and the fabric checks on a many-core host (issue 10, item 7).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. .device-bundle/env.sh
+out="${OUT:-device-out}"; mkdir -p "$out"
+steps="${1:-tests,memcheck,bench,fabric}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
+echo "cores: $(nproc)" | tee -a "$out/card.txt"
+if [[ $steps == *tests* ]]; then
+  timeout 300 build/tests/gpu/gpu_tests 2>&1 | grep -v ' I sparsekv' | tee "$out/gpu_tests.log" | tail -25
+fi
+if [[ $steps == *memcheck* ]]; then
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  if [ -n "$cs" ]; then
+    timeout 400 "$cs" --tool memcheck --error-exitcode 9 build/tests/gpu/gpu_tests "device gather equals*" "*out-of-range*" "residency*" \
+      2>&1 | grep -v ' I sparsekv' | tail -15 | tee "$out/memcheck.log"
+    echo "memcheck exit ${PIPESTATUS[0]}" | tee -a "$out/memcheck.log"
+  else
+    echo "SKIPPED: no compute-sanitizer" | tee "$out/memcheck.log"
+  fi
+fi
+if [[ $steps == *bench* ]]; then
+  timeout 420 build/bench/sparsekv-gpu-bench ${GPU_BENCH_ARGS:-} 2>&1 | grep -v ' I sparsekv' | tee "$out/gpu_bench.jsonl" | tail -60
+fi
+if [[ $steps == *fabric* ]]; then
+  timeout 200 build/bench/sparsekv-bench --memory-budget 16GiB --only workloads --workloads ctx128k --transport fabric --steps 5 \
+    > "$out/fabric_bench.jsonl" 2> "$out/fabric_bench.err"
+  echo "fabric bench exit $?" | tee -a "$out/fabric_bench.err"; tail -5 "$out/fabric_bench.err"; tail -4 "$out/fabric_bench.jsonl"
+  timeout 200 build/tests/integration_tests "[fabric]" 2>&1 | grep -v ' I sparsekv' | tail -5 | tee "$out/fabric_tests.log"
+fi
