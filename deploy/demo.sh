@@ -30,6 +30,8 @@ SERVER="127.0.0.1:$PORT"
 
 echo "== demo client"
 "$BUILD_DIR/client/sparsekv-demo" --server "$SERVER" --keep
+echo "== Python demo (import sparsekv)"
+SPARSEKV_LIBRARY="$BUILD_DIR/client/libsparsekv.so" PYTHONPATH="$PWD/python" /usr/bin/python3 python/examples/demo.py --server "$SERVER"
 echo "== sparsekvctl status / regions"
 "$BUILD_DIR/server/sparsekvctl" --server "$SERVER" status
 "$BUILD_DIR/server/sparsekvctl" --server "$SERVER" regions

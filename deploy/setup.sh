@@ -13,6 +13,7 @@ PACKAGES=(
   libmicrohttpd-dev libsystemd-dev libxxhash-dev systemd dpkg-dev curl
   clang libclang-rt-14-dev
   catch2 redis-server openssl
+  python3 python3-numpy python3-pytest python3-torch gnuplot-nox
 )
 
 missing=()
