@@ -155,12 +155,12 @@ def main(argv=None) -> dict:
     k = min(args.topk, T)
     hidden = 256
     # Random weights: hidden -> query latent/rope/indexer query/indexer weights, new-token cache.
-    W = {name: rng.standard_normal(shape).astype(np.float32) / np.sqrt(hidden) for name, shape in {
+    W = {name: (rng.standard_normal(shape) / np.sqrt(hidden)).astype(np.float32) for name, shape in {
         "q_nope": (L, hidden, H * LATENT), "q_rope": (L, hidden, H * ROPE), "q_idx": (L, hidden, HI * IDX_DIM),
         "w_idx": (L, hidden, HI), "c_kv": (L, hidden, LATENT), "k_rope": (L, hidden, ROPE), "k_idx": (L, hidden, IDX_DIM),
     }.items()}
     Wt = {name: torch.tensor(w, device=device) for name, w in W.items()}
-    softmax_scale = 1.0 / np.sqrt(LATENT + ROPE)
+    softmax_scale = float(1.0 / np.sqrt(LATENT + ROPE))
 
     client = sparsekv.Client(server=args.server, transport=args.transport)
     tag = f"dsa-{int(time.time() * 1e3)}"
@@ -243,7 +243,7 @@ def main(argv=None) -> dict:
             k_new = xn @ W["k_idx"][layer]
             new_lat[:, layer, 0] = quantize_latent(c_new, r_new)
             new_idx[:, layer, 0] = quantize_index_key(k_new)
-            x = torch.stack(out_next) / np.sqrt(LATENT)
+            x = torch.stack(out_next) / float(np.sqrt(LATENT))
         if cuda:
             torch.cuda.synchronize()
         step_s.append(time.perf_counter() - t1)

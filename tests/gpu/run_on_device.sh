@@ -13,6 +13,17 @@ echo "cores: $(nproc)" | tee -a "$out/card.txt"
 if [[ $steps == *tests* ]]; then
   timeout 300 build/tests/gpu/gpu_tests 2>&1 | grep -v ' I sparsekv' | tee "$out/gpu_tests.log" | tail -25
 fi
+if [[ $steps == *python* ]]; then
+  # The Python package (pure Python over the C ABI) with the machine's own Python and PyTorch.
+  rd=$(mktemp -d); build/server/sparsekvd --listen 127.0.0.1:0 --pool-size 16GiB --runtime-dir "$rd" \
+    --ready-file "$rd/ready.json" 2> "$out/sparsekvd.log" & dpid=$!
+  for _ in $(seq 1 600); do [ -f "$rd/ready.json" ] && break; sleep 0.1; done
+  port=$(sed -E 's/.*"port":([0-9]+).*/\1/' "$rd/ready.json")
+  SPARSEKV_LIBRARY=$(ls build/client/libsparsekv.so.*.*) SPARSEKV_CUDA_LIBRARY=$(ls build/client/cuda/libsparsekv-cuda.so.*.*) \
+    timeout 400 python3 tests/gpu/python_gpu_check.py "127.0.0.1:$port" ${DSA_ARGS:-} 2>&1 | grep -v ' I sparsekv' | tee "$out/python_gpu.log" | tail -8
+  echo "python gpu exit ${PIPESTATUS[0]}" | tee -a "$out/python_gpu.log"
+  kill $dpid; wait $dpid
+fi
 if [[ $steps == *memcheck* ]]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
   if [ -n "$cs" ]; then
