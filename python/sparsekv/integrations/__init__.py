@@ -1,0 +1,1 @@
+"""Adapters that let serving engines use sparsekv (see each module)."""
