@@ -11,6 +11,7 @@
 //                     per layer per step, next to the same trace cold
 //
 //   sparsekv-gpu-bench [--memory-budget 24GiB] [--working-sets 256MiB,1GiB,4GiB,16GiB] [--reps N] [--quick]
+//                      [--only ws|shapes]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -168,6 +169,7 @@ int main(int argc, char** argv) {
   std::string sets = "256MiB,1GiB,4GiB,16GiB";
   int reps = 10;
   bool quick = false;
+  std::string only;  // "", "ws" (working sets and baselines) or "shapes"
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -175,6 +177,7 @@ int main(int argc, char** argv) {
     else if (a == "--working-sets") sets = value();
     else if (a == "--reps") reps = std::max(1, std::atoi(value().c_str()));
     else if (a == "--quick") quick = true;
+    else if (a == "--only") only = value();
     else {
       std::fprintf(stderr, "usage: sparsekv-gpu-bench [--memory-budget SIZE] [--working-sets LIST] [--reps N] [--quick]\n");
       return 2;
@@ -222,7 +225,7 @@ int main(int argc, char** argv) {
   std::mt19937 rng(7);
 
   // Cold gather at random working sets.
-  for (absl::string_view s : absl::StrSplit(sets, ',')) {
+  for (absl::string_view s : absl::StrSplit(only == "shapes" ? std::string() : sets, ',', absl::SkipEmpty())) {
     const int64_t ws = *ParseSize(std::string(s));
     if (ws > budget * 9 / 10) {
       Emit(std::string(s), "skipped_over_budget", static_cast<double>(ws), "bytes");
@@ -281,7 +284,7 @@ int main(int argc, char** argv) {
   }
 
   // One cudaMemcpyAsync per entry (a decode server's naive path), 2048 entries.
-  {
+  if (only != "shapes") {
     auto region = MakeRegion(*client, "per-entry", 8192, 2);
     auto batch = DeviceBatch::Create(*client, {.max_slots = 1, .layers = 2, .entry_bytes = kEntry, .max_tokens = 8192});
     CHECK_OK((*batch)->Bind(0, region, stream));  // registers the pool
@@ -309,7 +312,7 @@ int main(int argc, char** argv) {
     int64_t context;
   };
   for (Shape shape : {Shape{"ctx32k", 32768}, Shape{"ctx128k", 131072}}) {
-    if (quick && shape.context > 32768) continue;
+    if ((quick && shape.context > 32768) || only == "ws") continue;
     const int64_t region_bytes = shape.context * kLayers * 704;
     const int distinct = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(32, budget * 8 / 10 / region_bytes)));
     std::vector<std::shared_ptr<Region>> regions;

@@ -65,7 +65,8 @@ __device__ __forceinline__ void ZeroEntry(V* out, int vec, int lane) {
 // (index, slot, committed length, page table: a chain of dependent loads), then the whole warp
 // moves the group's vectors, several independent loads in flight per lane. Resolving a group at
 // once hides the chain's latency behind the group's copies.
-constexpr int kGroup = 8;
+constexpr int kGroup = 16;
+constexpr int kUnroll = 8;  // loads per lane in flight before their stores
 
 template <typename V>
 __global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __restrict__ indices, int32_t batch,
@@ -102,12 +103,11 @@ __global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __res
     }
     const int in_group = static_cast<int>(total - first < kGroup ? total - first : kGroup);
     const int chunks = in_group * vec;
-    // Four chunks per lane in flight before their stores.
-    for (int c0 = 0; c0 < chunks; c0 += 4 * kWarp) {  // uniform across the warp (shuffles inside)
-      V r[4];
-      V* o[4];
+    for (int c0 = 0; c0 < chunks; c0 += kUnroll * kWarp) {  // uniform across the warp (shuffles inside)
+      V r[kUnroll];
+      V* o[kUnroll];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kUnroll; ++u) {
         const int c = c0 + lane + u * kWarp;
         const int j = c < chunks ? c / vec : 0;
         const V* s = reinterpret_cast<const V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(src), j));
@@ -116,7 +116,7 @@ __global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __res
         r[u] = (c < chunks && s != nullptr) ? s[c - j * vec] : Zero<V>();
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kUnroll; ++u) {
         if (o[u] != nullptr) *o[u] = r[u];
       }
     }
@@ -423,7 +423,7 @@ void LaunchGather(const DeviceTables& t, cudaStream_t stream, int32_t layer, con
   const int64_t entries = static_cast<int64_t>(batch) * k;
   if (entries == 0) return;
   constexpr int kThreads = 256;
-  const int blocks = Blocks(entries, kThreads);
+  const int blocks = Blocks((entries + kGroup - 1) / kGroup, kThreads);  // a warp per group of entries
   const bool aligned16 = t.entry_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && t.stride % 16 == 0 &&
                          t.page_bytes % 16 == 0;
   if (aligned16) {

@@ -27,6 +27,7 @@ for f in "${want[@]}"; do
 done
 grep -q "/libsparsekv\.so\." "$OUT/contents" || { echo "missing: libsparsekv.so.*"; fail=1; }
 grep -q "/sparsekv/libsparsekv-rma\.so$" "$OUT/contents" || { echo "missing: the RMA plugin sparsekv/libsparsekv-rma.so"; fail=1; }
+grep -q "/python3/dist-packages/sparsekv/__init__\.py$" "$OUT/contents" || { echo "missing: the Python package"; fail=1; }
 grep -q "/cmake/sparsekv/sparsekvConfig\.cmake$" "$OUT/contents" || { echo "missing: sparsekvConfig.cmake"; fail=1; }
 grep -q "/cmake/sparsekv/sparsekvTargets\.cmake$" "$OUT/contents" || { echo "missing: sparsekvTargets.cmake"; fail=1; }
 if grep -q '\.pb\.h$' "$OUT/contents"; then echo "generated protobuf headers leaked into the package"; fail=1; fi
