@@ -24,6 +24,18 @@ if [[ $steps == *python* ]]; then
   echo "python gpu exit ${PIPESTATUS[0]}" | tee -a "$out/python_gpu.log"
   kill $dpid; wait $dpid
 fi
+if [[ $steps == *ess* ]]; then
+  # ESS in miniature: a fixed HBM budget, all-in-HBM vs sparsekv-backed batch, tokens/s.
+  rd=$(mktemp -d); build/server/sparsekvd --listen 127.0.0.1:0 --pool-size ${ESS_POOL:-48GiB} --runtime-dir "$rd" \
+    --ready-file "$rd/ready.json" 2> "$out/sparsekvd-ess.log" & dpid=$!
+  for _ in $(seq 1 1200); do [ -f "$rd/ready.json" ] && break; sleep 0.1; done
+  port=$(sed -E 's/.*"port":([0-9]+).*/\1/' "$rd/ready.json")
+  SPARSEKV_LIBRARY=$(ls build/client/libsparsekv.so.*.*) SPARSEKV_CUDA_LIBRARY=$(ls build/client/cuda/libsparsekv-cuda.so.*.*) \
+    PYTHONPATH=python:python/examples timeout 480 python3 python/examples/ess_miniature.py --server "127.0.0.1:$port" \
+    ${ESS_ARGS:-} 2>&1 | grep -v ' I sparsekv' | tee "$out/ess.log" | tail -8
+  echo "ess exit ${PIPESTATUS[0]}" | tee -a "$out/ess.log"
+  kill $dpid; wait $dpid
+fi
 if [[ $steps == *memcheck* ]]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
   if [ -n "$cs" ]; then
