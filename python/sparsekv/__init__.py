@@ -153,7 +153,26 @@ def _indices(indices: Any):
 
 # ---- client and regions ---------------------------------------------------------------------
 
-class Client:
+class _Closable:
+    """A native handle: ``close()`` releases it; also a context manager, and closed when collected."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Client(_Closable):
     """A connection to sparsekvd: control plane, pool mappings, lease renewal.
 
     Args:
@@ -192,18 +211,6 @@ class Client:
         if getattr(self, "_handle", None):
             _lib.core().skv_client_free(self._handle)
             self._handle = None
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def create(self, key: str, layers: int, entry_bytes: int, capacity_tokens: int = 0, ttl_ms: int = 0) -> "Region":
         """Creates a region and returns its writer handle (it holds the region's write lease).
@@ -277,7 +284,7 @@ class Client:
             return path
 
 
-class Region:
+class Region(_Closable):
     """An open handle on one region (layers x tokens x entry). See the module docstring."""
 
     def __init__(self, client: Client, handle: ctypes.c_void_p):
@@ -304,18 +311,6 @@ class Region:
                 path.forget(self)
             _lib.core().skv_region_free(self._handle)
             self._handle = None
-
-    def __enter__(self) -> "Region":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return (f"<sparsekv.Region {self.key!r} {self.layers}x{self.committed_tokens}/{self.capacity_tokens} tokens "

@@ -15,7 +15,7 @@ import ctypes
 from typing import Any, Dict, List, Optional
 
 from . import _lib
-from . import _check, InvalidArgument, Region, Client  # noqa: F401
+from . import _check, _Closable, InvalidArgument, Region, Client  # noqa: F401
 
 
 def _stream_handle(stream: Any) -> ctypes.c_void_p:
@@ -32,7 +32,7 @@ def _device_int32(x: Any, device: int):
     return x.to(device=f"cuda:{device}", dtype=torch.int32).contiguous()
 
 
-class DeviceBatch:
+class DeviceBatch(_Closable):
     """Regions bound to batch slots on one GPU, and the gather kernel over them."""
 
     def __init__(self, client: Client, layers: int, entry_bytes: int, max_slots: int = 64, max_tokens: int = 131072,
@@ -52,12 +52,6 @@ class DeviceBatch:
         if getattr(self, "_handle", None):
             self._lib.skv_cuda_batch_free(self._handle)
             self._handle = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def bind(self, slot: int, region: Region, stream: Any = None) -> None:
         """Binds a region to a batch slot (registers its pool for device access once)."""
@@ -106,7 +100,7 @@ class _CudaArray:
         self.__cuda_array_interface__ = {"data": (ptr, False), "shape": tuple(shape), "typestr": typestr, "version": 2}
 
 
-class ResidencyCache:
+class ResidencyCache(_Closable):
     """Hot buffers in HBM per (batch slot, layer), exact LRU; see the module docstring."""
 
     def __init__(self, batch: DeviceBatch, capacity: int = 6144, max_k: int = 2048, max_batch: int = 64):
@@ -121,12 +115,6 @@ class ResidencyCache:
         if getattr(self, "_handle", None):
             self._lib.skv_cuda_cache_free(self._handle)
             self._handle = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def lookup(self, layer: int, indices: Any, row_slots: Any, out: Any = None, stream: Any = None):
         """Returns the hot-buffer slot of every index ([batch, k] int32 CUDA tensor; -1 for
