@@ -218,7 +218,7 @@ int main(int argc, char** argv) {
 
   const int rows = 32;
   void* d_dst = nullptr;
-  CHECK_CUDA(cudaMalloc(&d_dst, static_cast<size_t>(64) * kK * kEntry));
+  CHECK_CUDA(cudaMalloc(&d_dst, static_cast<size_t>(64) * kK * kEntry));  // up to batch 64
   int32_t *d_idx = nullptr, *d_slot = nullptr;
   CHECK_CUDA(cudaMalloc(&d_idx, static_cast<size_t>(64) * kK * 4));
   CHECK_CUDA(cudaMalloc(&d_slot, 64 * 4));
@@ -300,6 +300,22 @@ int main(int argc, char** argv) {
     });
     Emit("per_entry", "cudaMemcpyAsync_per_entry", static_cast<double>(kK) * kEntry / t / 1e9, "GB/s",
          static_cast<double>(kK) * kEntry / t / 1e9 / h2d, "bulk_pinned_h2d");
+    // The same 2048 copies as one cudaMemcpyBatchAsync.
+    std::vector<void*> dsts(kK);
+    std::vector<const void*> srcs(kK);
+    std::vector<size_t> sizes(kK, kEntry);
+    for (int i = 0; i < kK; ++i) {
+      dsts[i] = static_cast<std::byte*>(d_dst) + static_cast<size_t>(i) * kEntry;
+      srcs[i] = reinterpret_cast<const void*>(flat.host[i]);
+    }
+    cudaMemcpyAttributes attrs{};
+    attrs.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    size_t attr_index = 0;
+    const double tb = TimeIt(stream, 3, [&](int) {
+      CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), kK, &attrs, &attr_index, 1, stream));
+    });
+    Emit("per_entry", "cudaMemcpyBatchAsync", static_cast<double>(kK) * kEntry / tb / 1e9, "GB/s",
+         static_cast<double>(kK) * kEntry / tb / 1e9 / h2d, "bulk_pinned_h2d");
     cudaFree(flat.device);
     batch->reset();
     region.reset();
@@ -314,10 +330,10 @@ int main(int argc, char** argv) {
   for (Shape shape : {Shape{"ctx32k", 32768}, Shape{"ctx128k", 131072}}) {
     if ((quick && shape.context > 32768) || only == "ws") continue;
     const int64_t region_bytes = shape.context * kLayers * 704;
-    const int distinct = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(32, budget * 8 / 10 / region_bytes)));
+    const int distinct = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(64, budget * 8 / 10 / region_bytes)));
     std::vector<std::shared_ptr<Region>> regions;
     for (int r = 0; r < distinct; ++r) regions.push_back(MakeRegion(*client, absl::StrFormat("%s-%d", shape.name, r), shape.context, kLayers));
-    for (int b : {1, 8, 32}) {
+    for (int b : {1, 8, 32, 64}) {
       if (quick && b > 8) continue;
       auto batch = DeviceBatch::Create(*client, {.max_slots = 64, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = shape.context});
       for (int r = 0; r < distinct; ++r) CHECK_OK((*batch)->Bind(r, regions[r], stream));

@@ -39,7 +39,7 @@ fi
 if [[ $steps == *memcheck* ]]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
   if [ -n "$cs" ]; then
-    timeout 400 "$cs" --tool memcheck --error-exitcode 9 build/tests/gpu/gpu_tests "device gather equals*" "*out-of-range*" "residency*" \
+    timeout 400 "$cs" --tool memcheck --error-exitcode 9 build/tests/gpu/gpu_tests ${MEMCHECK_FILTER:-} \
       2>&1 | grep -v ' I sparsekv' | tail -15 | tee "$out/memcheck.log"
     echo "memcheck exit ${PIPESTATUS[0]}" | tee -a "$out/memcheck.log"
   else

@@ -154,7 +154,10 @@ TEST_CASE("over the network paths: a daemon killed mid-fetch gives a clear error
       }
     }
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Kill the daemon once fetches are flowing (bounded: a slow, instrumented build may need a while
+  // for the first one), so the kill lands mid-fetch.
+  for (int i = 0; i < 600 && ok == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   daemon.Kill();
   std::this_thread::sleep_for(std::chrono::milliseconds(800));
   stop = true;
