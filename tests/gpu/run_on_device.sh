@@ -49,6 +49,12 @@ fi
 if [[ $steps == *bench* ]]; then
   timeout 420 build/bench/sparsekv-gpu-bench ${GPU_BENCH_ARGS:-} 2>&1 | grep -v ' I sparsekv' | tee "$out/gpu_bench.jsonl" | tail -60
 fi
+if [[ $steps == *hugepages* ]]; then
+  # The same working-set sweep from a pool of 2 MiB pages (fewer IOMMU translation misses).
+  echo "${HUGEPAGES:-13312}" > /proc/sys/vm/nr_hugepages; grep HugePages_Total /proc/meminfo
+  timeout 300 build/bench/sparsekv-gpu-bench --backing memfd-hugetlb --only ws ${GPU_BENCH_ARGS:-} 2>&1 \
+    | grep -v ' I sparsekv' | tee "$out/gpu_bench_hugetlb.jsonl" | tail -20
+fi
 if [[ $steps == *fabric* ]]; then
   timeout 200 build/bench/sparsekv-bench --memory-budget 16GiB --only workloads --workloads ctx128k --transport fabric --steps 5 \
     > "$out/fabric_bench.jsonl" 2> "$out/fabric_bench.err"
