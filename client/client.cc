@@ -224,6 +224,17 @@ struct Region::State {
     int64_t sent = NowNs();
     auto ctx = client->Context();
     auto status = FromGrpcStatus(client->stub->OpenRegion(ctx.get(), request, &reply), client->What("OpenRegion"));
+    if (status.code() == absl::StatusCode::kFailedPrecondition && request.for_write()) {
+      // The write lease lapsed and another handle took it (or the region was sealed meanwhile):
+      // this handle stays open, read-only, instead of becoming unusable.
+      SKV_LOG_WARN("sparsekv", "region '%s': this handle lost its write lease (%s); it is read-only now", key,
+                   status.message());
+      request.set_for_write(false);
+      request.set_replaces_lease_id(0);
+      sent = NowNs();
+      auto retry = client->Context();
+      status = FromGrpcStatus(client->stub->OpenRegion(retry.get(), request, &reply), client->What("OpenRegion"));
+    }
     if (!status.ok()) return status;
     if (reply.info().region_id() != region_id) {
       return absl::NotFoundError(absl::StrFormat(

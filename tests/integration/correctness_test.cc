@@ -283,3 +283,21 @@ TEST_CASE("Seal refuses when this handle wrote past the committed length, and se
   REQUIRE(VerifyAllLayers(**reader, 5, {0, 5, 9}) == 0);
   REQUIRE((*reader)->Verify().ok());
 }
+
+TEST_CASE("a writer whose write lease lapsed and was taken by another handle stays open, read-only", "[correctness][writer]") {
+  DaemonFixture daemon({.lease_ms = 600});
+  auto stalled = daemon.NewClient({.renew_leases = false});  // its leases lapse after ~600 ms
+  auto region = MakePatternRegion(*stalled, "lapsed-writer", 1, 64, 100, 2, false);
+  REQUIRE(region.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  auto other = daemon.NewClient();
+  auto taken = other->OpenForWrite("lapsed-writer");
+  INFO(taken.status().ToString());
+  REQUIRE(taken.ok());  // the lapsed writer no longer holds it
+  // The stalled handle refreshes: it keeps reading, but it is no longer the writer.
+  REQUIRE((*region)->Refresh().ok());
+  REQUIRE_FALSE((*region)->writable());
+  REQUIRE((*region)->Write(0, 0, std::vector<std::byte>(64)).code() == absl::StatusCode::kFailedPrecondition);
+  REQUIRE(VerifyAllLayers(**region, 2, {0, 99}) == 0);
+  REQUIRE((*taken)->Commit(100).ok());
+}
