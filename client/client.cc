@@ -432,15 +432,20 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
                                    " emulates RMA in software, server-side gather preferred"));
     }
   }
+  // The daemon's tcp-gather path: reads for clients that cannot map the pool, and the checked
+  // write path of the one-sided transports.
+  auto tcp_gather = [&]() -> std::shared_ptr<Transport> {
+    // 0.0.0.0 means: the host this client reached the control plane on.
+    std::string host = d.gather_host();
+    if (host.empty() || host == "0.0.0.0") host = control_host;
+    return std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
+                                                options.data_connections, d.gather_secret());
+  };
   if (transport == nullptr && want("tcp")) {
     if (d.gather_port() <= 0) {
       tried.push_back("tcp-gather: the daemon offers no tcp-gather path");
     } else {
-      // 0.0.0.0 means: the host this client reached the control plane on.
-      std::string host = d.gather_host();
-      if (host.empty() || host == "0.0.0.0") host = control_host;
-      transport = std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
-                                                       options.data_connections, d.gather_secret());
+      transport = tcp_gather();
       transport->set_reason(choice == "tcp" ? "forced by ClientOptions.transport" : "server-side gather over TCP");
     }
   }
@@ -453,10 +458,7 @@ absl::StatusOr<std::shared_ptr<Transport>> Client::Impl::TransportFor(const v1::
   }
   // One-sided transports read only; their writes go through the daemon's checked tcp-gather path.
   if (auto* rma = dynamic_cast<RmaTransport*>(transport.get()); rma != nullptr && d.gather_port() > 0) {
-    std::string host = d.gather_host();
-    if (host.empty() || host == "0.0.0.0") host = control_host;
-    rma->set_write_path(std::make_shared<TcpGatherTransport>(host, d.gather_port(), options.rpc_timeout_ms,
-                                                             options.data_connections, d.gather_secret()));
+    rma->set_write_path(tcp_gather());
   }
   if (!tried.empty() && choice == "auto") {
     transport->set_reason(absl::StrCat(transport->reason(), " (passed over: ", absl::StrJoin(tried, "; "), ")"));
@@ -1064,7 +1066,5 @@ RegionView ViewOf(const Region& region) {
   view.transport = s.CurrentTransport();
   return view;
 }
-
-absl::Status LeaseOf(const Region& region) { return region.state_->CheckLease(); }
 
 }  // namespace sparsekv

@@ -1,5 +1,5 @@
 // What other parts of libsparsekv (the CUDA component) may see of a Region handle beyond the
-// public API: its geometry, page-table snapshot, committed length, lease and transport. Not
+// public API: its geometry, page-table snapshot, committed length and transport. Not
 // installed.
 #ifndef SPARSEKV_CLIENT_INTERNAL_H_
 #define SPARSEKV_CLIENT_INTERNAL_H_
@@ -30,8 +30,6 @@ struct RegionView {
 
 // A consistent view of the handle now (the table is the snapshot current at the call).
 RegionView ViewOf(const Region& region);
-// The handle's lease, as Region::LeaseStatus (OK while it holds).
-absl::Status LeaseOf(const Region& region);
 
 }  // namespace sparsekv
 

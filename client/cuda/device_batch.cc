@@ -123,7 +123,7 @@ struct DeviceBatch::Impl {
   absl::Status CheckLeases() {
     for (size_t s = 0; s < slots.size(); ++s) {
       if (slots[s].region == nullptr) continue;
-      if (auto st = LeaseOf(*slots[s].region); !st.ok()) {
+      if (auto st = slots[s].region->LeaseStatus(); !st.ok()) {
         return absl::Status(st.code(), absl::StrFormat("batch slot %d: %s", s, st.message()));
       }
     }

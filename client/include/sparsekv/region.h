@@ -100,7 +100,6 @@ class Region {
  private:
   friend class Client;
   friend struct RegionView ViewOf(const Region& region);
-  friend absl::Status LeaseOf(const Region& region);
   explicit Region(std::shared_ptr<State> state);
   std::shared_ptr<State> state_;
 };
