@@ -105,16 +105,6 @@ absl::Status PageAllocator::ClaimAll(const std::vector<uint32_t>& pages) {
   return absl::OkStatus();
 }
 
-void PageAllocator::QuarantineFree(Clock::time_point reusable_at) {
-  absl::MutexLock lock(&mu_);
-  if (free_.empty()) return;
-  quarantined_ += static_cast<int64_t>(free_.size());
-  MarkLocked(free_.data(), free_.size(), 1);
-  std::vector<uint32_t> pages(free_.rbegin(), free_.rend());  // keep low pages first on return
-  free_.clear();
-  quarantine_.emplace(reusable_at, std::move(pages));
-}
-
 int64_t PageAllocator::free_pages() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int64_t>(free_.size());

@@ -45,10 +45,6 @@ class PageAllocator {
   // Takes these specific pages out of the free stack (restoring regions after a restart).
   // INVALID_ARGUMENT, and nothing taken, if any is out of range, listed twice or not free.
   absl::Status ClaimAll(const std::vector<uint32_t>& pages);
-  // Quarantines every free page until `reusable_at`: after a restart, clients of the previous
-  // run may still hold leases this daemon never heard of.
-  void QuarantineFree(Clock::time_point reusable_at);
-
   // Keeps `map` (one byte per page, e.g. a mapped file that outlives the process) up to date: 1
   // while a page is out of the free stack (held or quarantined), 0 once it is free again.
   // `previous` is what the map said before (the previous run's pages), kept for

@@ -147,11 +147,7 @@ RegionTable::RestoreReport RegionTable::Restore(const std::vector<v1::JournalSea
     std::string key = region->key;
     regions_[key] = std::move(region);
   }
-  const int64_t quarantined = allocator_.QuarantinePrevious(now + std::chrono::milliseconds(lease_ms()));
-  if (quarantined > 0) {
-    SKV_LOG_INFO("restore", "%d pages quarantined for %d ms: clients of the previous run may still read them",
-                 quarantined, lease_ms());
-  }
+  QuarantinePreviouslyHandedOut();
   return report;
 }
 

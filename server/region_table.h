@@ -100,16 +100,19 @@ class RegionTable {
   void Reap(Clock::time_point now);
 
   // Persistence across restarts. Restore brings back the sealed regions a journal replayed:
-  // each must fit the pool and still match its checksum, else it is dropped and counted. Every
-  // other page is quarantined for one lease period (clients of the previous run may still read).
+  // each must fit the pool and still match its checksum, else it is dropped and counted. Then
+  // QuarantinePreviouslyHandedOut: of the other pages, those the previous run had handed out
+  // (every one, when no page map says which) are quarantined for one lease period, since clients
+  // of the previous run may still read them.
   // Then AttachJournal makes every later seal and removal of a sealed region a journal record.
   struct RestoreReport {
     int64_t restored = 0, restored_bytes = 0, dropped = 0;
     std::string first_problem;
   };
   RestoreReport Restore(const std::vector<v1::JournalSeal>& regions);
-  // Without a journal to restore from (or a pool that did not survive): quarantines what the
-  // page map says clients of the previous run may read.
+  // Quarantines the free pages the page map says the previous run handed out (all free pages when
+  // it does not know); Restore calls it, and so does start-up when the pool survived but nothing
+  // was restored.
   void QuarantinePreviouslyHandedOut();
   absl::Status AttachJournal(RegionJournal* journal, const v1::JournalPool& pool);
 

@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "common/gather_protocol.h"
 
 namespace sparsekv {
 
@@ -40,28 +41,28 @@ class WriteGate {
     }
   }
 
-  // One write of `count` ranges: range i is bytes [offsets[i], offsets[i] + lengths[i]) of the
-  // pool, taken in order from `payload`. All ranges are checked before any byte is copied.
-  absl::Status Write(std::byte* pool_base, size_t count, const uint64_t* offsets, const uint32_t* lengths,
-                     const std::byte* payload) {
+  // One write (a tcp-gather request): range i's bytes are taken in order from `payload`. All
+  // ranges are checked before any byte is copied.
+  absl::Status Write(std::byte* pool_base, absl::Span<const GatherRange> ranges, const std::byte* payload) {
     absl::ReaderMutexLock lock(&mu_);
-    for (size_t i = 0; i < count; ++i) {
-      if (lengths[i] == 0) continue;
-      const uint64_t first = offsets[i] / static_cast<uint64_t>(page_bytes_);
-      const uint64_t last = (offsets[i] + lengths[i] - 1) / static_cast<uint64_t>(page_bytes_);
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      const GatherRange& r = ranges[i];
+      if (r.bytes == 0) continue;
+      const uint64_t first = r.offset / static_cast<uint64_t>(page_bytes_);
+      const uint64_t last = (r.offset + r.bytes - 1) / static_cast<uint64_t>(page_bytes_);
       for (uint64_t p = first; p <= last; ++p) {
         if (p >= open_.size() || open_[p] == 0) {
           return absl::FailedPreconditionError(absl::StrFormat(
               "write range %d [%d, +%d) touches pool page %d, which belongs to no unsealed region "
               "(sealed, free or quarantined): the write is refused and nothing of it was applied",
-              i, offsets[i], lengths[i], p));
+              i, r.offset, r.bytes, p));
         }
       }
     }
     size_t at = 0;
-    for (size_t i = 0; i < count; ++i) {
-      std::memcpy(pool_base + offsets[i], payload + at, lengths[i]);
-      at += lengths[i];
+    for (const GatherRange& r : ranges) {
+      std::memcpy(pool_base + r.offset, payload + at, r.bytes);
+      at += r.bytes;
     }
     return absl::OkStatus();
   }

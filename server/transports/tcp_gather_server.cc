@@ -122,8 +122,6 @@ void TcpGatherServer::Serve(int fd) {
   std::vector<GatherRange> ranges;
   std::vector<iovec> iov;
   std::vector<std::byte> payload;  // a write's bytes, applied only once all of them arrived
-  std::vector<uint64_t> offsets;
-  std::vector<uint32_t> lengths;
   const uint64_t pool_bytes = static_cast<uint64_t>(pool_->size_bytes());
   while (true) {
     GatherRequestHeader h;
@@ -170,15 +168,9 @@ void TcpGatherServer::Serve(int fd) {
       // a write to a sealed region is refused whole, and a torn connection applies nothing.
       payload.resize(total);
       if (total > 0 && !ReadFull(fd, payload.data(), total)) break;
-      offsets.resize(h.count);
-      lengths.resize(h.count);
-      for (uint32_t i = 0; i < h.count; ++i) {
-        offsets[i] = ranges[i].offset;
-        lengths[i] = ranges[i].bytes;
-      }
       absl::Status applied =
           gate_ == nullptr ? absl::FailedPreconditionError("this daemon takes no writes on its tcp-gather path")
-                           : gate_->Write(pool_->base(), h.count, offsets.data(), lengths.data(), payload.data());
+                           : gate_->Write(pool_->base(), ranges, payload.data());
       if (payload.capacity() > (size_t{64} << 20)) std::vector<std::byte>().swap(payload);
       if (!applied.ok()) {
         if (!SendError(fd, h.id, std::string(applied.message()), GatherStatus::kRefused)) break;
