@@ -104,20 +104,19 @@ class Math:
         self.device = device
         self.fp8 = torch.tensor(FP8, device=device)
 
-    def dequant_latent(self, e):  # e: uint8 [k, 656] -> c [k, 512], rope [k, 64] (float32)
+    def dequant_latent(self, e):  # e: uint8 [..., 656] -> c [..., 512], rope [..., 64] (float32)
         t = self.t
-        k = e.shape[0]
-        q = self.fp8[e[:, :LATENT].long()].view(k, 4, TILE)
-        scale = e[:, LATENT:LATENT + 16].contiguous().view(t.float32).view(k, 4, 1)
-        c = (q * scale).view(k, LATENT)
-        rope_bits = e[:, LATENT + 16:].contiguous().view(t.int16).to(t.int32) & 0xFFFF
+        lead = e.shape[:-1]
+        q = self.fp8[e[..., :LATENT].long()].view(*lead, 4, TILE)
+        scale = e[..., LATENT:LATENT + 16].contiguous().view(t.float32).view(*lead, 4, 1)
+        c = (q * scale).view(*lead, LATENT)
+        rope_bits = e[..., LATENT + 16:].contiguous().view(t.int16).to(t.int32) & 0xFFFF
         rope = (rope_bits << 16).view(t.float32)
         return c, rope
 
-    def dequant_index(self, e):  # uint8 [n, 132] -> [n, 128]
+    def dequant_index(self, e):  # uint8 [..., 132] -> [..., 128]
         t = self.t
-        n = e.shape[0]
-        return self.fp8[e[:, :IDX_DIM].long()] * e[:, IDX_DIM:].contiguous().view(t.float32).view(n, 1)
+        return self.fp8[e[..., :IDX_DIM].long()] * e[..., IDX_DIM:].contiguous().view(t.float32)
 
     def topk(self, q_idx, w_idx, keys, k):
         scores = (self.t.relu(q_idx @ keys.T) * w_idx[:, None]).sum(0)  # [n]

@@ -55,7 +55,7 @@ class Step:
         self.Wc = mk(L, hidden, d.LATENT)
         self.Wk = mk(L, hidden, d.ROPE)
         self.Wx = mk(L, hidden, d.IDX_DIM)
-        self.fp8 = torch.tensor(d.FP8, device="cuda")
+        self.math = d.Math(torch, "cuda")  # decode_dsa's dequantisation, on batched shapes
         self.scale = float(1.0 / np.sqrt(d.LATENT + d.ROPE))
         self.hidden = hidden
 
@@ -65,19 +65,14 @@ class Step:
         B = q_idx.shape[0]
         out = []
         for b0 in range(0, B, chunk):
-            e = index_keys[b0:b0 + chunk, layer, :n]
-            keys = self.fp8[e[..., :d.IDX_DIM].long()] * e[..., d.IDX_DIM:].contiguous().view(t.float32)
+            keys = self.math.dequant_index(index_keys[b0:b0 + chunk, layer, :n])
             s = (t.relu(t.einsum("bhd,bnd->bhn", q_idx[b0:b0 + chunk], keys)) * w_idx[b0:b0 + chunk, :, None]).sum(1)
             out.append(t.topk(s, self.k, dim=1).indices.to(t.int32))
         return t.cat(out)
 
     def attend(self, entries, q_nope, q_rope):
         t = self.t
-        B, k = entries.shape[:2]
-        q = self.fp8[entries[..., :d.LATENT].long()].view(B, k, 4, d.TILE)
-        sc = entries[..., d.LATENT:d.LATENT + 16].contiguous().view(t.float32).view(B, k, 4, 1)
-        c = (q * sc).view(B, k, d.LATENT)
-        rope = ((entries[..., d.LATENT + 16:].contiguous().view(t.int16).to(t.int32) & 0xFFFF) << 16).view(t.float32)
+        c, rope = self.math.dequant_latent(entries)
         logits = (t.einsum("bhd,bkd->bhk", q_nope, c) + t.einsum("bhd,bkd->bhk", q_rope, rope)) * self.scale
         return t.einsum("bhk,bkd->bhd", t.softmax(logits, -1), c)
 
