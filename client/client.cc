@@ -18,6 +18,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "client/cluster_client.h"
+#include "client/cluster_internal.h"
 #include "client/fetch_planner.h"
 #include "client/internal.h"
 #include "client/transports/shm_transport.h"
@@ -58,6 +60,7 @@ struct Client::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Control::Stub> stub;
+  std::unique_ptr<ClusterClient> cluster;  // ClientOptions::cluster: then no channel of its own
 
   absl::Mutex mu;
   absl::flat_hash_map<std::string, std::shared_ptr<Transport>> transports ABSL_GUARDED_BY(mu);
@@ -582,6 +585,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   }
   auto impl = std::make_shared<Impl>();
   impl->options = options;
+  if (!options.cluster.empty()) {
+    auto cluster = ClusterClient::Make(options);
+    if (!cluster.ok()) return cluster.status();
+    impl->cluster = *std::move(cluster);
+    return std::unique_ptr<Client>(new Client(std::move(impl)));
+  }
   {
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
@@ -601,10 +610,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   if (!credentials.ok()) return credentials.status();
   impl->token = security.token;
   impl->channel = grpc::CreateCustomChannel(options.server, *credentials, args);
-  if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() +
-                                       std::chrono::milliseconds(options.rpc_timeout_ms))) {
+  const int64_t connect_ms = options.connect_timeout_ms > 0 ? options.connect_timeout_ms : options.rpc_timeout_ms;
+  if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::milliseconds(connect_ms))) {
     return absl::UnavailableError(absl::StrFormat(
-        "cannot reach sparsekvd at %s within %d ms%s", options.server, options.rpc_timeout_ms,
+        "cannot reach sparsekvd at %s within %d ms%s", options.server, connect_ms,
         security.ca_file.empty() ? " (plaintext; a TLS-only daemon refuses it)"
                                  : " (TLS: the handshake fails if the daemon's certificate is not signed by the CA given, "
                                    "or it requires a client certificate this client does not present)"));
@@ -685,13 +694,53 @@ absl::StatusOr<std::shared_ptr<Region::State>> AdoptReply(const std::shared_ptr<
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Region>> Client::Create(const RegionSpec& spec) {
+namespace {
+
+v1::CreateRegionRequest CreateRequest(const RegionSpec& spec) {
   v1::CreateRegionRequest request;
   request.set_key(spec.key);
   request.set_layers(spec.layers);
   request.set_entry_bytes(spec.entry_bytes);
   request.set_capacity_tokens(spec.capacity_tokens);
   request.set_ttl_ms(spec.ttl_ms);
+  request.set_replicas(spec.replicas);
+  return request;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Region>> Client::Create(const RegionSpec& spec) {
+  if (spec.replicas < 1 || spec.replicas > 16) {
+    return absl::InvalidArgumentError(absl::StrFormat("region '%s': replicas %d, want 1 to 16", spec.key, spec.replicas));
+  }
+  if (impl_->cluster) return impl_->cluster->Create(spec);
+  return CreateFrom(CreateRequest(spec));
+}
+
+absl::StatusOr<std::shared_ptr<Region>> ClusterInternals::CreateReplica(Client& client, const RegionSpec& spec,
+                                                                        const std::string& source_node) {
+  v1::CreateRegionRequest request = CreateRequest(spec);
+  request.set_replica_of(source_node);
+  return client.CreateFrom(request);
+}
+
+absl::StatusOr<v1::ReplicateRegionResponse> ClusterInternals::Replicate(Client& client, const std::string& key,
+                                                                        int32_t replicas, bool exclude_self) {
+  v1::ReplicateRegionRequest request;
+  request.set_key(key);
+  request.set_replicas(replicas);
+  request.set_exclude_self(exclude_self);
+  v1::ReplicateRegionResponse reply;
+  auto ctx = client.impl_->Context();
+  // Copying a large region takes longer than a control call.
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  auto status = FromGrpcStatus(client.impl_->stub->ReplicateRegion(ctx.get(), request, &reply),
+                               client.impl_->What("ReplicateRegion"));
+  if (!status.ok()) return status;
+  return reply;
+}
+
+absl::StatusOr<std::shared_ptr<Region>> Client::CreateFrom(const v1::CreateRegionRequest& request) {
   v1::OpenRegionResponse reply;
   int64_t sent = NowNs();
   auto ctx = impl_->Context();
@@ -707,6 +756,7 @@ absl::StatusOr<std::shared_ptr<Region>> Client::Open(const std::string& key) { r
 absl::StatusOr<std::shared_ptr<Region>> Client::OpenForWrite(const std::string& key) { return OpenRegion(key, true); }
 
 absl::StatusOr<std::shared_ptr<Region>> Client::OpenRegion(const std::string& key, bool for_write) {
+  if (impl_->cluster) return impl_->cluster->Open(key, for_write);
   v1::OpenRegionRequest request;
   request.set_key(key);
   request.set_for_write(for_write);
@@ -721,6 +771,7 @@ absl::StatusOr<std::shared_ptr<Region>> Client::OpenRegion(const std::string& ke
 }
 
 absl::Status Client::Delete(const std::string& key) {
+  if (impl_->cluster) return impl_->cluster->Delete(key);
   v1::DeleteRegionRequest request;
   request.set_key(key);
   v1::DeleteRegionResponse reply;
@@ -729,6 +780,7 @@ absl::Status Client::Delete(const std::string& key) {
 }
 
 absl::StatusOr<std::vector<RegionInfo>> Client::List(const std::string& key_prefix) {
+  if (impl_->cluster) return impl_->cluster->List(key_prefix);
   v1::ListRegionsRequest request;
   request.set_key_prefix(key_prefix);
   request.set_limit(10000);
@@ -750,12 +802,15 @@ absl::StatusOr<std::vector<RegionInfo>> Client::List(const std::string& key_pref
     info.bytes = r.bytes();
     info.active_leases = r.active_leases();
     info.created_unix_ms = r.created_unix_ms();
+    info.has_checksum = r.has_checksum();
+    info.checksum = r.checksum();
     out.push_back(std::move(info));
   }
   return out;
 }
 
 absl::StatusOr<PoolStats> Client::Stats() {
+  if (impl_->cluster) return impl_->cluster->Stats();
   v1::StatsResponse reply;
   auto ctx = impl_->Context();
   auto status = FromGrpcStatus(impl_->stub->Stats(ctx.get(), v1::StatsRequest(), &reply), impl_->What("Stats"));
@@ -773,8 +828,19 @@ absl::StatusOr<PoolStats> Client::Stats() {
   return out;
 }
 
+absl::StatusOr<std::vector<NodeInfo>> Client::Nodes() {
+  if (!impl_->cluster) return absl::FailedPreconditionError("Nodes: this client talks to one daemon, not a cluster");
+  return impl_->cluster->Nodes();
+}
+
+absl::Status Client::Replicate(const std::string& key, int32_t replicas) {
+  if (!impl_->cluster) return absl::FailedPreconditionError("Replicate: this client talks to one daemon, not a cluster");
+  return impl_->cluster->Replicate(key, replicas);
+}
+
 absl::Status Client::RegisterBuffer(void* addr, size_t bytes) {
   if (addr == nullptr || bytes == 0) return absl::InvalidArgumentError("RegisterBuffer: empty buffer");
+  if (impl_->cluster) return impl_->cluster->RegisterBuffer(addr, bytes);
   std::vector<std::shared_ptr<Transport>> live;
   {
     absl::MutexLock lock(&impl_->mu);
@@ -788,6 +854,7 @@ absl::Status Client::RegisterBuffer(void* addr, size_t bytes) {
 }
 
 absl::Status Client::UnregisterBuffer(void* addr) {
+  if (impl_->cluster) return impl_->cluster->UnregisterBuffer(addr);
   std::vector<std::shared_ptr<Transport>> live;
   {
     absl::MutexLock lock(&impl_->mu);
@@ -802,12 +869,19 @@ absl::Status Client::UnregisterBuffer(void* addr) {
 
 std::vector<std::string> Client::TransportChoices() const {
   std::vector<std::string> out;
+  if (impl_->cluster) {
+    for (const auto& [id, client] : impl_->cluster->Connected()) {
+      for (auto& line : client->TransportChoices()) out.push_back(absl::StrCat(id, " ", line));
+    }
+    return out;
+  }
   absl::MutexLock lock(&impl_->mu);
   for (const auto& [key, t] : impl_->transports) out.push_back(absl::StrCat(t->name(), ": ", t->reason()));
   return out;
 }
 
 absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
+  if (impl_->cluster) return ClusterFetchBatch(items);
   size_t total = 0;
   for (const auto& item : items) total += item.indices.size();
   std::vector<int64_t>& offsets = OffsetScratch(total);
@@ -882,6 +956,64 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
     }
   }
   return absl::OkStatus();
+}
+
+// A cluster batch: checked whole first (so an error names the item and nothing is fetched), then
+// split by node, every node's part in flight at once.
+absl::Status Client::ClusterFetchBatch(absl::Span<const FetchItem> items) {
+  const auto nodes = impl_->cluster->Connected();
+  std::vector<std::vector<FetchItem>> parts(nodes.size());
+  std::vector<std::vector<size_t>> origin(nodes.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const FetchItem& item = items[i];
+    if (item.region == nullptr) return absl::InvalidArgumentError(absl::StrFormat("batch item %d has no region", i));
+    Region::State& s = *item.region->state_;
+    size_t part = nodes.size();
+    for (size_t n = 0; n < nodes.size(); ++n) {
+      if (nodes[n].second->impl_ == s.client) part = n;
+    }
+    if (part == nodes.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("batch item %d: region '%s' was opened by another client", i, s.key));
+    }
+    size_t need = 0;
+    if (!CheckedMul(item.indices.size(), static_cast<size_t>(s.geometry.entry_bytes), &need) || item.dst.size() < need) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "batch item %d: destination of %d bytes cannot hold %d entries of %d bytes of region '%s'", i,
+          item.dst.size(), item.indices.size(), s.geometry.entry_bytes, s.key));
+    }
+    if (auto st = s.CheckLease(); !st.ok()) return absl::Status(st.code(), absl::StrFormat("batch item %d: %s", i, st.message()));
+    if (item.layer < 0 || item.layer >= s.geometry.layers) {
+      return absl::OutOfRangeError(absl::StrFormat("batch item %d: layer %d of region '%s' with %d layers", i,
+                                                   item.layer, s.key, s.geometry.layers));
+    }
+    const int64_t committed = s.committed.load();
+    for (int32_t index : item.indices) {
+      if (index < 0 || index >= committed) {
+        return absl::OutOfRangeError(absl::StrFormat(
+            "batch item %d: token index %d of region '%s' is outside [0, %d) (committed)", i, index, s.key, committed));
+      }
+    }
+    parts[part].push_back(item);
+    origin[part].push_back(i);
+  }
+  std::vector<size_t> used;
+  for (size_t n = 0; n < parts.size(); ++n) {
+    if (!parts[n].empty()) used.push_back(n);
+  }
+  absl::Mutex error_mu;
+  absl::Status error;
+  auto run = [&](size_t u) {
+    const size_t n = used[u];
+    auto st = nodes[n].second->FetchBatch(parts[n]);
+    if (!st.ok()) {
+      absl::MutexLock lock(&error_mu);
+      if (error.ok()) error = absl::Status(st.code(), absl::StrFormat("node %s: %s", nodes[n].first, st.message()));
+    }
+  };
+  if (used.size() == 1) run(0);
+  else if (used.size() > 1) impl_->cluster->workers()->ParallelFor(used.size(), run);
+  return error;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -101,6 +101,20 @@ const std::vector<Option>& Options() {
        [](DaemonConfig* c, const std::string& v) { return SetInt("leases.reap_interval_ms", v, 10, 60000, &c->reap_interval_ms); }},
       {"leases.abandon_ms", "--abandon-ms", "delete an unsealed region nobody has held a lease on for this long (a crashed writer's); 0 never (default 60000)",
        [](DaemonConfig* c, const std::string& v) { return SetInt("leases.abandon_ms", v, 0, int64_t{30} * 24 * 3600 * 1000, &c->abandon_ms); }},
+      {"cluster.url", "--cluster", "join a cluster: etcd://HOST:PORT[,HOST:PORT...]/NAME (default: none, a single node)",
+       [](DaemonConfig* c, const std::string& v) { c->cluster_url = v; return absl::OkStatus(); }},
+      {"cluster.node_id", "--cluster-node-id", "this node's id (default: kept in <state_dir>/node_id, else random per run)",
+       [](DaemonConfig* c, const std::string& v) { c->cluster_node_id = v; return absl::OkStatus(); }},
+      {"cluster.advertise", "--cluster-advertise", "control-plane HOST:PORT peers and clients dial (default: from listen.tcp)",
+       [](DaemonConfig* c, const std::string& v) { c->cluster_advertise = v; return absl::OkStatus(); }},
+      {"cluster.zone", "--cluster-zone", "optional zone label of this node",
+       [](DaemonConfig* c, const std::string& v) { c->cluster_zone = v; return absl::OkStatus(); }},
+      {"cluster.lease_ttl_s", "--cluster-ttl-s", "etcd lease TTL of this node's record, seconds (default 10)",
+       [](DaemonConfig* c, const std::string& v) { return SetInt("cluster.lease_ttl_s", v, 2, 3600, &c->cluster_ttl_s); }},
+      {"cluster.refresh_ms", "--cluster-refresh-ms", "keep-alive and free-bytes refresh period (default 2000)",
+       [](DaemonConfig* c, const std::string& v) { return SetInt("cluster.refresh_ms", v, 100, 600000, &c->cluster_refresh_ms); }},
+      {"cluster.token_file", "--cluster-token-file", "bearer token (admin) presented to peers when copying replicas",
+       [](DaemonConfig* c, const std::string& v) { c->cluster_token_file = v; return absl::OkStatus(); }},
       {"eviction.policy", "--eviction-policy", "lru (default)",
        [](DaemonConfig* c, const std::string& v) {
          if (v != "lru") return absl::InvalidArgumentError(absl::StrFormat("eviction.policy: unknown policy '%s' (known: lru)", v));
@@ -289,6 +303,10 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   if (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty()) {
     return absl::InvalidArgumentError("tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file");
   }
+  if (!c.cluster_url.empty() && c.cluster_refresh_ms * 2 > c.cluster_ttl_s * 1000) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "cluster.refresh_ms: %d must be at most half of cluster.lease_ttl_s (%d s)", c.cluster_refresh_ms, c.cluster_ttl_s));
+  }
   if (c.reap_interval_ms * 2 > c.lease_ms) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "leases.reap_interval_ms: %d must be at most half of leases.lease_ms (%d)",
@@ -313,6 +331,9 @@ std::string DescribeConfig(const DaemonConfig& c) {
       "[runtime]\n", "dir = ", q(c.runtime_dir), "\n", "ready_file = ", q(c.ready_file), "\n", "state_dir = ", q(c.state_dir), "\n\n",
       "[leases]\n", "lease_ms = ", c.lease_ms, "\n", "reap_interval_ms = ", c.reap_interval_ms, "\n", "abandon_ms = ", c.abandon_ms, "\n\n",
       "[eviction]\n", "policy = ", q(c.eviction_policy), "\n\n",
+      "[cluster]\n", "url = ", q(c.cluster_url), "\n", "node_id = ", q(c.cluster_node_id), "\n", "advertise = ",
+      q(c.cluster_advertise), "\n", "zone = ", q(c.cluster_zone), "\n", "lease_ttl_s = ", c.cluster_ttl_s, "\n",
+      "refresh_ms = ", c.cluster_refresh_ms, "\n", "token_file = ", q(c.cluster_token_file), "\n\n",
       "[limits]\n", "max_regions = ", c.limits.max_regions, "\n", "max_layers = ", c.limits.max_layers,
       "\n", "max_entry_bytes = ", c.limits.max_entry_bytes, "\n", "max_capacity_tokens = ",
       c.limits.max_capacity_tokens, "\n", "max_key_bytes = ", c.limits.max_key_bytes, "\n\n",

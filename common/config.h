@@ -59,6 +59,14 @@ struct DaemonConfig {
   int64_t abandon_ms = 60000;         // an unsealed region with no lease for this long is deleted; 0: never
   // [eviction]
   std::string eviction_policy = "lru";
+  // [cluster] (see common/cluster.h); url "" : a single node, no etcd
+  std::string cluster_url;            // etcd://HOST:PORT[,HOST:PORT...]/NAME
+  std::string cluster_node_id;        // "" : kept in <state_dir>/node_id (random once), else random per run
+  std::string cluster_advertise;      // control-plane HOST:PORT other nodes and clients dial; "" : from listen.tcp
+  std::string cluster_zone;           // optional label, shown in `sparsekvctl --cluster URL nodes`
+  int64_t cluster_ttl_s = 10;         // etcd lease of the node's record: a dead node is noticed within this
+  int64_t cluster_refresh_ms = 2000;  // keep-alive and free-bytes refresh period
+  std::string cluster_token_file;     // bearer token this node presents to peers when copying replicas
   // [limits]
   Limits limits;
   // [log]

@@ -12,7 +12,7 @@ PACKAGES=(
   libfabric-dev libibverbs-dev librdmacm-dev libnuma-dev libtomlplusplus-dev
   libmicrohttpd-dev libsystemd-dev libxxhash-dev systemd dpkg-dev curl
   clang libclang-rt-14-dev
-  catch2 redis-server openssl
+  catch2 redis-server openssl etcd-server
   python3 python3-numpy python3-pytest python3-torch gnuplot-nox
 )
 

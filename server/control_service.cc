@@ -90,7 +90,18 @@ grpc::Status ControlService::Serve(const char* method, grpc::ServerContext* cont
 
 grpc::Status ControlService::CreateRegion(grpc::ServerContext* ctx, const v1::CreateRegionRequest* request,
                                           v1::OpenRegionResponse* response) {
-  auto call = [&](const v1::CreateRegionRequest& r) { return table_->Create(r, SteadyDeadline(ctx)); };
+  auto call = [&](const v1::CreateRegionRequest& r) -> absl::StatusOr<v1::OpenRegionResponse> {
+    if (cluster_ == nullptr) return table_->Create(r, SteadyDeadline(ctx));
+    if (!r.replica_of().empty()) {
+      // A peer copying its sealed region here: it lists the copy once the checksums match.
+      return table_->Create(r, SteadyDeadline(ctx));
+    }
+    if (auto s = table_->ValidateCreate(r); !s.ok()) return s;  // bad requests claim nothing
+    if (auto s = cluster_->Claim(r); !s.ok()) return s;
+    auto created = table_->Create(r, SteadyDeadline(ctx));
+    cluster_->Claimed(r.key(), created.ok());
+    return created;
+  };
   return Serve("CreateRegion", ctx, response,
                SKV_KEYED(v1::CreateRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }
@@ -108,7 +119,11 @@ grpc::Status ControlService::ExtendRegion(grpc::ServerContext* ctx, const v1::Ex
 }
 grpc::Status ControlService::CommitRegion(grpc::ServerContext* ctx, const v1::CommitRegionRequest* request,
                                           v1::CommitRegionResponse* response) {
-  auto call = [&](const v1::CommitRegionRequest& r) { return table_->Commit(r); };
+  auto call = [&](const v1::CommitRegionRequest& r) {
+    auto committed = table_->Commit(r);
+    if (committed.ok() && r.seal() && cluster_ != nullptr) cluster_->Sealed(committed->info());
+    return committed;
+  };
   return Serve("CommitRegion", ctx, response,
                SKV_KEYED(v1::CommitRegionRequest, call, Outward(reply->mutable_info(), prefix)));
 }
@@ -134,7 +149,11 @@ grpc::Status ControlService::ReleaseLeases(grpc::ServerContext* ctx, const v1::R
 }
 grpc::Status ControlService::DeleteRegion(grpc::ServerContext* ctx, const v1::DeleteRegionRequest* request,
                                           v1::DeleteRegionResponse* response) {
-  auto call = [&](const v1::DeleteRegionRequest& r) { return table_->Delete(r); };
+  auto call = [&](const v1::DeleteRegionRequest& r) {
+    auto deleted = table_->Delete(r);
+    if (deleted.ok() && cluster_ != nullptr) cluster_->Deleted(r.key());
+    return deleted;
+  };
   return Serve("DeleteRegion", ctx, response, SKV_KEYED(v1::DeleteRegionRequest, call, (void)0));
 }
 grpc::Status ControlService::ListRegions(grpc::ServerContext* ctx, const v1::ListRegionsRequest* request,
@@ -161,6 +180,7 @@ grpc::Status ControlService::Stats(grpc::ServerContext* ctx, const v1::StatsRequ
     if (auto s = AdminOnly(caller, "Stats (pool-wide figures)"); !s.ok()) return s;
     v1::StatsResponse out = table_->Stats();
     metrics_->FillClientTransports(3 * out.lease_ms(), &out);  // clients report at every renewal
+    if (cluster_ != nullptr) cluster_->FillStats(&out);
     return out;
   });
 }
@@ -181,6 +201,7 @@ grpc::Status ControlService::Drain(grpc::ServerContext* ctx, const v1::DrainRequ
   return Serve("Drain", ctx, response, [&](const Caller& caller, const std::string&) -> absl::StatusOr<v1::DrainResponse> {
     if (auto s = AdminOnly(caller, "Drain"); !s.ok()) return s;
     table_->SetDraining(request->enable());
+    if (cluster_ != nullptr) cluster_->RefreshSoon();  // placements see the flag at once
     v1::DrainResponse out;
     out.set_draining(table_->draining());
     return out;
@@ -201,8 +222,19 @@ grpc::Status ControlService::GetMetrics(grpc::ServerContext* ctx, const v1::GetM
     if (auto s = AdminOnly(caller, "GetMetrics"); !s.ok()) return s;
     v1::GetMetricsResponse out;
     out.set_prometheus_text(metrics_->RenderPrometheus(table_->Stats()));
+    if (cluster_ != nullptr) out.mutable_prometheus_text()->append(cluster_->Metrics());
     return out;
   });
+}
+grpc::Status ControlService::ReplicateRegion(grpc::ServerContext* ctx, const v1::ReplicateRegionRequest* request,
+                                             v1::ReplicateRegionResponse* response) {
+  auto call = [&](const v1::ReplicateRegionRequest& r) -> absl::StatusOr<v1::ReplicateRegionResponse> {
+    if (cluster_ == nullptr) {
+      return absl::FailedPreconditionError("ReplicateRegion: this daemon is not a cluster member (no [cluster] url)");
+    }
+    return cluster_->Replicate(r);
+  };
+  return Serve("ReplicateRegion", ctx, response, SKV_KEYED(v1::ReplicateRegionRequest, call, (void)0));
 }
 
 }  // namespace sparsekv

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "server/auth.h"
+#include "server/cluster_member.h"
 #include "server/metrics.h"
 #include "server/region_table.h"
 #include "sparsekv/v1/control.grpc.pb.h"
@@ -23,6 +24,9 @@ class ControlService final : public v1::Control::Service {
   // Swaps in a reloaded tenants file (SIGHUP): new tokens apply to the next call.
   void SetTenants(std::shared_ptr<const TenantDirectory> auth) { auth_.store(std::move(auth)); }
   std::shared_ptr<const TenantDirectory> tenants() const { return auth_.load(); }
+  // Cluster membership (set before serving): creates claim their key in the directory, seals and
+  // deletes are recorded there, ReplicateRegion works.
+  void SetCluster(ClusterMember* cluster) { cluster_ = cluster; }
 
   grpc::Status CreateRegion(grpc::ServerContext*, const v1::CreateRegionRequest* request,
                             v1::OpenRegionResponse* response) override;
@@ -54,6 +58,8 @@ class ControlService final : public v1::Control::Service {
                          v1::GetConfigResponse* response) override;
   grpc::Status GetMetrics(grpc::ServerContext*, const v1::GetMetricsRequest* request,
                           v1::GetMetricsResponse* response) override;
+  grpc::Status ReplicateRegion(grpc::ServerContext*, const v1::ReplicateRegionRequest* request,
+                               v1::ReplicateRegionResponse* response) override;
 
  private:
   // Runs `handler`, stores its result in *response, records latency and status.
@@ -62,6 +68,7 @@ class ControlService final : public v1::Control::Service {
 
   RegionTable* table_;
   Metrics* metrics_;
+  ClusterMember* cluster_ = nullptr;
   std::atomic<std::shared_ptr<const TenantDirectory>> auth_;
 };
 

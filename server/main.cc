@@ -33,6 +33,7 @@
 #include "common/size_parse.h"
 #include "common/version.h"
 #include "server/auth.h"
+#include "server/cluster_member.h"
 #include "server/control_service.h"
 #include "server/eviction.h"
 #include "server/journal.h"
@@ -109,6 +110,49 @@ void ReloadTenants(const DaemonConfig& running, const DaemonConfig& next, Region
   table->SetTenants(loaded->tenants());
   SKV_LOG_INFO("reload", "tenants reloaded: %d tenants, %d tokens", loaded->tenants().size(), loaded->token_count());
   service->SetTenants(std::make_shared<const TenantDirectory>(*std::move(loaded)));
+}
+
+// Joins the cluster named in [cluster]: the node id, the advertised addresses, the token for peers.
+absl::StatusOr<std::unique_ptr<ClusterMember>> StartCluster(const DaemonConfig& config, int tcp_port,
+                                                            const TcpGatherServer* gather, bool fabric, bool verbs,
+                                                            RegionTable* table) {
+  auto url = ParseClusterUrl(config.cluster_url);
+  if (!url.ok()) return absl::InvalidArgumentError(absl::StrCat("cluster.url: ", url.status().message()));
+  ClusterMember::Options options;
+  options.url = *url;
+  auto id = ClusterMember::ResolveNodeId(config.cluster_node_id, config.state_dir);
+  if (!id.ok()) return id.status();
+  options.node_id = *id;
+  if (!config.cluster_advertise.empty()) {
+    options.control = config.cluster_advertise;
+  } else {
+    if (config.listen.empty()) {
+      return absl::InvalidArgumentError("cluster.url needs a TCP control plane (listen.tcp) that peers can dial");
+    }
+    const std::string host = config.listen.substr(0, config.listen.rfind(':'));
+    if (host == "0.0.0.0" || host == "[::]" || host.empty()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "listen.tcp %s is a wildcard: set cluster.advertise to the HOST:PORT other nodes dial", config.listen));
+    }
+    options.control = absl::StrCat(host, ":", tcp_port);
+  }
+  if (gather != nullptr) options.data = absl::StrCat(gather->host(), ":", gather->port());
+  options.transports.push_back("shm");
+  if (gather != nullptr) options.transports.push_back("tcp-gather");
+  if (fabric) options.transports.push_back("fabric");
+  if (verbs) options.transports.push_back("verbs");
+  options.zone = config.cluster_zone;
+  options.ttl_s = config.cluster_ttl_s;
+  options.refresh_ms = config.cluster_refresh_ms;
+  if (!config.cluster_token_file.empty()) {
+    std::ifstream in(config.cluster_token_file);
+    if (!in || !std::getline(in, options.token)) {
+      return absl::InvalidArgumentError(absl::StrFormat("cluster.token_file %s cannot be read", config.cluster_token_file));
+    }
+  }
+  SKV_LOG_INFO("cluster", "node %s joins %s, advertising %s (lease %d s, refresh %d ms)", options.node_id,
+               url->ToString(), options.control, options.ttl_s, options.refresh_ms);
+  return ClusterMember::Start(std::move(options), table);
 }
 
 void Reload(const std::vector<std::string>& args, RegionTable* table, ControlService* service) {
@@ -558,10 +602,26 @@ int Run(int argc, char** argv) {
     chmod(config.unix_socket.c_str(), 0660);
     SKV_LOG_INFO("control", "gRPC on %s", unix_target);
   }
+  // Cluster membership: after the listeners, so the advertised port is the bound one.
+  std::unique_ptr<ClusterMember> cluster;
+  if (!config.cluster_url.empty()) {
+    auto started_cluster = StartCluster(config, tcp_port, gather.get(), fabric != nullptr, verbs != nullptr, &table);
+    if (!started_cluster.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", started_cluster.status().message());
+      server->Shutdown();
+      return 1;
+    }
+    cluster = std::move(*started_cluster);
+    table.SetObserver(cluster.get());
+    service.SetCluster(cluster.get());
+  }
   std::unique_ptr<MetricsHttpServer> metrics_http;
   if (!config.metrics_listen.empty()) {
-    auto started_http = MetricsHttpServer::Start(
-        config.metrics_listen, [&] { return metrics.RenderPrometheus(table.Stats()); });
+    auto started_http = MetricsHttpServer::Start(config.metrics_listen, [&] {
+      std::string text = metrics.RenderPrometheus(table.Stats());
+      if (cluster != nullptr) text += cluster->Metrics();
+      return text;
+    });
     if (!started_http.ok()) {
       SKV_LOG_ERROR(kLog, "%s", started_http.status().message());
       server->Shutdown();
@@ -625,6 +685,10 @@ int Run(int argc, char** argv) {
   metrics_http.reset();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server->Wait();
+  if (cluster != nullptr) {
+    table.SetObserver(nullptr);
+    cluster.reset();  // leaves the cluster: its record goes at once
+  }
   {
     std::lock_guard lock(reaper_mu);
     stopping = true;

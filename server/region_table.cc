@@ -433,6 +433,7 @@ int64_t RegionTable::RemoveLocked(Region* region, const std::string& reason, Clo
   } else {
     allocator_.Free(pages);
   }
+  if (observer_ != nullptr) observer_->OnRemoved(region->key);
   regions_.erase(region->key);  // destroys *region
   return bytes;
 }
@@ -519,8 +520,7 @@ void RegionTable::FillOpenLocked(Region* region, Clock::time_point now, v1::Open
   shm->set_host_id(host_id_);
 }
 
-absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req,
-                                                           Clock::time_point deadline) {
+absl::Status RegionTable::ValidateCreate(const v1::CreateRegionRequest& req) {
   if (auto s = ValidateKey(req.key()); !s.ok()) return s;
   const Limits lim = limits();
   if (req.layers() <= 0 || req.layers() > lim.max_layers) {
@@ -546,7 +546,7 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
   if (!geometry.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("region '", req.key(), "': ", geometry.status().message()));
   }
-  int64_t pages_needed = geometry->PagesPerLayer(req.capacity_tokens()) * req.layers();
+  const int64_t pages_needed = geometry->PagesPerLayer(req.capacity_tokens()) * req.layers();
   if (pages_needed > allocator_.total_pages()) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "region '%s' needs %s for %d tokens x %d layers, more than the whole pool (%s)", req.key(),
@@ -559,6 +559,15 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
         "region '%s': this daemon is draining and accepts no new regions; existing regions stay "
         "readable", req.key()));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req,
+                                                           Clock::time_point deadline) {
+  if (auto s = ValidateCreate(req); !s.ok()) return s;
+  const Limits lim = limits();
+  auto geometry = MakeGeometry(req.layers(), req.entry_bytes(), page_bytes_);
+  int64_t pages_needed = geometry->PagesPerLayer(req.capacity_tokens()) * req.layers();
   return RetryUntilDeadline(deadline, [&]() -> absl::StatusOr<v1::OpenRegionResponse> {
   absl::MutexLock lock(&mu_);
   auto now = Clock::now();
@@ -722,6 +731,20 @@ absl::StatusOr<v1::CommitRegionResponse> RegionTable::Commit(const v1::CommitReg
   }
   v1::CommitRegionResponse out;
   FillInfoLocked(*it->second, Clock::now(), out.mutable_info());
+  return out;
+}
+
+void RegionTable::SetObserver(RegionObserver* observer) {
+  absl::MutexLock lock(&mu_);
+  observer_ = observer;
+}
+
+std::vector<v1::RegionInfo> RegionTable::AllRegions() {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::RegionInfo> out;
+  out.reserve(regions_.size());
+  const auto now = Clock::now();
+  for (const auto& [key, region] : regions_) FillInfoLocked(*region, now, &out.emplace_back());
   return out;
 }
 

@@ -40,6 +40,14 @@
 
 namespace sparsekv {
 
+// Told of every region that leaves the table (deleted, evicted, expired, abandoned), under the
+// table's lock: an observer only records the key and returns.
+class RegionObserver {
+ public:
+  virtual ~RegionObserver() = default;
+  virtual void OnRemoved(const std::string& key) = 0;
+};
+
 class RegionTable {
  public:
   using Clock = std::chrono::steady_clock;
@@ -53,6 +61,8 @@ class RegionTable {
   // fit (after a restart, or right after deletions) instead of failing at once.
   absl::StatusOr<v1::OpenRegionResponse> Create(const v1::CreateRegionRequest& request,
                                                 Clock::time_point deadline = {});
+  // The checks Create makes before it allocates (shape, limits, draining), with no side effect.
+  absl::Status ValidateCreate(const v1::CreateRegionRequest& request);
   absl::StatusOr<v1::OpenRegionResponse> Open(const v1::OpenRegionRequest& request);
   absl::StatusOr<v1::ExtendRegionResponse> Extend(const v1::ExtendRegionRequest& request,
                                                  Clock::time_point deadline = {});
@@ -127,6 +137,11 @@ class RegionTable {
   // `paths` describes every data path offered, for Stats (sparsekvctl status).
   void SetNetworkTransports(const v1::TransportDescriptor& network, std::vector<std::string> paths);
   bool draining() const;
+  // The cluster member (server/cluster_member.h), or null.
+  void SetObserver(RegionObserver* observer);
+  // Every region, unlike List (which is capped at limits.max_list).
+  std::vector<v1::RegionInfo> AllRegions();
+  const Pool* pool() const { return pool_; }
 
  private:
   struct Region {
@@ -219,6 +234,7 @@ class RegionTable {
   const Clock::time_point started_;
   PageAllocator allocator_;
   WriteGate* gate_ ABSL_GUARDED_BY(mu_) = nullptr;
+  RegionObserver* observer_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint8_t* page_map_ = nullptr;  // AttachPageMap's mapping
   size_t page_map_bytes_ = 0;
   // What the last failed MakeRoomLocked of this thread lacked (pages beyond the evictable ones).

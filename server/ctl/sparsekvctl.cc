@@ -24,6 +24,7 @@
 #include "common/grpc_tls.h"
 #include "common/size_parse.h"
 #include "common/version.h"
+#include "server/ctl/cluster_ctl.h"
 #include "sparsekv/v1/control.grpc.pb.h"
 
 namespace sparsekv {
@@ -32,7 +33,7 @@ namespace {
 constexpr int kExitRefused = 1, kExitUsage = 2, kExitUnreachable = 3;
 
 constexpr char kUsage[] =
-    "usage: sparsekvctl [--server HOST:PORT|unix:PATH] [--json] [--timeout-ms N]\n"
+    "usage: sparsekvctl [--server HOST:PORT|unix:PATH | --cluster etcd://HOST:PORT/NAME] [--json] [--timeout-ms N]\n"
     "                   [--token T] [--tls-ca PEM] [--tls-cert PEM --tls-key PEM] COMMAND\n"
     "\n"
     "commands:\n"
@@ -47,6 +48,15 @@ constexpr char kUsage[] =
     "  config              the daemon's effective configuration\n"
     "  metrics             the Prometheus metrics the daemon exports\n"
     "  tenants             tenants and the memory each holds\n"
+    "\n"
+    "with --cluster URL (or $SPARSEKV_CLUSTER), the cluster on etcd:\n"
+    "  status              nodes live/draining/lost, capacity and use in all, regions lost or short of copies\n"
+    "  nodes               every node: control address, zone, pool, used, free, regions, leases, state,\n"
+    "                      last heartbeat (lost nodes too)\n"
+    "  regions [PREFIX]    the region directory: key, nodes holding it, sealed, copies live/wanted, state\n"
+    "  drain NODE [--off]  stop placing regions on NODE (--off: place again)\n"
+    "        [--move]      ... and move its sealed regions to other nodes (node to node) before it leaves\n"
+    "  replicate KEY N     copy a sealed region until N live nodes hold it\n"
     "\n"
     "--server defaults to $SPARSEKV_SERVER, else 127.0.0.1:7370. --token (an admin token sees every\n"
     "tenant; region keys are then TENANT/KEY), --tls-ca, --tls-cert and --tls-key default to\n"
@@ -126,6 +136,7 @@ int Usage(const std::string& why) {
 
 int Main(int argc, char** argv) {
   std::string server = getenv("SPARSEKV_SERVER") ? getenv("SPARSEKV_SERVER") : "127.0.0.1:7370";
+  std::string cluster = getenv("SPARSEKV_CLUSTER") ? getenv("SPARSEKV_CLUSTER") : "";
   bool json = false;
   int64_t timeout_ms = 5000;
   ControlPlaneSecurity security;
@@ -140,6 +151,9 @@ int Main(int argc, char** argv) {
       return 0;
     } else if (a == "--json") {
       json = true;
+    } else if (a == "--cluster") {
+      if (i + 1 >= argc) return Usage(a + " needs a value");
+      cluster = argv[++i];
     } else if (a == "--server" || a == "--timeout-ms" || a == "--token" || a == "--tls-ca" || a == "--tls-cert" ||
                a == "--tls-key") {
       if (i + 1 >= argc) return Usage(a + " needs a value");
@@ -164,6 +178,7 @@ int Main(int argc, char** argv) {
   security = WithEnvironment(security);
   auto credentials = ChannelCredentialsFor(security);
   if (!credentials.ok()) return Usage(std::string(credentials.status().message()));
+  if (!cluster.empty()) return ClusterMain(cluster, rest, json, timeout_ms, *credentials, security.token);
   auto channel = grpc::CreateCustomChannel(server, *credentials, channel_args);
   auto stub = v1::Control::NewStub(channel);
   auto context = [&] {

@@ -26,11 +26,24 @@
 
 namespace sparsekv {
 
+namespace v1 {
+class CreateRegionRequest;  // private: the generated control-plane messages are not installed
+}
+
 struct ClientOptions {
   // "HOST:PORT" or "unix:/path/to/control.sock".
   std::string server = "127.0.0.1:7370";
+  // A cluster instead of one daemon: "etcd://HOST:PORT[,HOST:PORT...]/NAME" (then `server` is
+  // not used). The client reads membership and the region directory from etcd, places new
+  // regions by weighted rendezvous hashing over the nodes' free capacity, opens each node's
+  // connection on first use, and spreads a FetchBatch over the nodes its items live on. Every
+  // other option applies to each node's connection.
+  std::string cluster;
   // Deadline of every control-plane call.
   int64_t rpc_timeout_ms = 5000;
+  // How long Connect waits for the daemon to answer (0: rpc_timeout_ms). Cluster clients connect
+  // to a node with at most 2000 ms, so a node that died a moment ago costs no more than that.
+  int64_t connect_timeout_ms = 0;
   // Data-plane transport:
   //   "auto"   shm/CXL when the pool can be mapped; else verbs when an RDMA device reaches the
   //            daemon; else libfabric RMA on a hardware provider; else the server-side gather
@@ -65,6 +78,9 @@ struct RegionSpec {
   int32_t entry_bytes = 0;      // 656 for the DeepSeek-V3.2 latent cache, 132 for indexer keys
   int64_t capacity_tokens = 0;  // initial capacity; Append and Reserve grow it
   int64_t ttl_ms = 0;           // delete after this long idle; 0 for never
+  // Cluster: copies wanted once the region is sealed (the node holding it copies it to
+  // replicas - 1 more nodes, node to node); readers then pick a live copy. 1: no copies.
+  int32_t replicas = 1;
 };
 
 struct RegionInfo {
@@ -79,6 +95,22 @@ struct RegionInfo {
   int64_t bytes = 0;
   int32_t active_leases = 0;
   int64_t created_unix_ms = 0;
+  bool has_checksum = false;    // sealed: XXH3-64 of the committed entries
+  uint64_t checksum = 0;
+  std::vector<std::string> nodes;  // cluster: the nodes holding it, primary first
+};
+
+// A cluster member as the directory shows it.
+struct NodeInfo {
+  std::string id;
+  std::string control;  // HOST:PORT
+  std::string zone;
+  int64_t pool_bytes = 0;
+  int64_t free_bytes = 0;
+  int64_t used_bytes = 0;
+  int64_t regions = 0;
+  int64_t active_leases = 0;
+  bool draining = false;
 };
 
 struct PoolStats {
@@ -91,6 +123,7 @@ struct PoolStats {
   int64_t evictions = 0;
   int64_t abandoned_regions = 0;  // unsealed regions deleted after their writer vanished
   std::string backing;
+  int64_t nodes = 1;  // nodes these figures add up (cluster clients: every live node)
 };
 
 // One (region, layer, top-k indices, destination) item of a batched fetch. The k entries are
@@ -140,11 +173,20 @@ class Client {
 
   const ClientOptions& options() const;
 
+  // Cluster clients only (FAILED_PRECONDITION otherwise): the live nodes, and a request that the
+  // sealed region `key` be held by `replicas` live nodes in all (copied node to node; returns
+  // once they hold it, or RESOURCE_EXHAUSTED saying how many could).
+  absl::StatusOr<std::vector<NodeInfo>> Nodes();
+  absl::Status Replicate(const std::string& key, int32_t replicas);
+
   struct Impl;
 
  private:
+  friend struct ClusterInternals;
   explicit Client(std::shared_ptr<Impl> impl);
   absl::StatusOr<std::shared_ptr<Region>> OpenRegion(const std::string& key, bool for_write);
+  absl::StatusOr<std::shared_ptr<Region>> CreateFrom(const v1::CreateRegionRequest& request);
+  absl::Status ClusterFetchBatch(absl::Span<const FetchItem> items);
   std::shared_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,26 @@
+// What the cluster layer needs of libsparsekv beyond its public API. Not installed.
+#ifndef SPARSEKV_CLIENT_CLUSTER_INTERNAL_H_
+#define SPARSEKV_CLIENT_CLUSTER_INTERNAL_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "sparsekv/client.h"
+#include "sparsekv/v1/control.pb.h"
+
+namespace sparsekv {
+
+struct ClusterInternals {
+  // A node copying its sealed region `spec.key` to this client's daemon: creates the copy
+  // without claiming the key in the directory (the source lists the copy once it is sealed).
+  static absl::StatusOr<std::shared_ptr<Region>> CreateReplica(Client& client, const RegionSpec& spec,
+                                                               const std::string& source_node);
+  // Asks the client's daemon to copy its sealed region `key` until `replicas` live nodes hold it.
+  static absl::StatusOr<v1::ReplicateRegionResponse> Replicate(Client& client, const std::string& key,
+                                                               int32_t replicas, bool exclude_self);
+};
+
+}  // namespace sparsekv
+
+#endif  // SPARSEKV_CLIENT_CLUSTER_INTERNAL_H_
