@@ -70,6 +70,7 @@ int skv_connect(const skv_options* o, skv_client** out) {
     if (o->rpc_timeout_ms != 0) options.rpc_timeout_ms = o->rpc_timeout_ms;
     if (o->fetch_threads != 0) options.fetch_threads = o->fetch_threads;
     if (o->data_connections != 0) options.data_connections = o->data_connections;
+    options.cluster = Or(o->cluster, "");
   }
   auto client = sparsekv::Client::Connect(options);
   if (!client.ok()) return Fail(client.status());
@@ -83,6 +84,17 @@ int skv_create(skv_client* c, const char* key, int32_t layers, int32_t entry_byt
                int64_t ttl_ms, skv_region** out) {
   if (c == nullptr || key == nullptr || out == nullptr) return Invalid("skv_create: NULL argument");
   auto r = c->client->Create({key, layers, entry_bytes, capacity_tokens, ttl_ms});
+  if (!r.ok()) return Fail(r.status());
+  *out = new skv_region{*std::move(r)};
+  return SKV_OK;
+}
+
+int skv_create_replicated(skv_client* c, const char* key, int32_t layers, int32_t entry_bytes, int64_t capacity_tokens,
+                          int64_t ttl_ms, int32_t replicas, skv_region** out) {
+  if (c == nullptr || key == nullptr || out == nullptr) return Invalid("skv_create_replicated: NULL argument");
+  sparsekv::RegionSpec spec{key, layers, entry_bytes, capacity_tokens, ttl_ms};
+  spec.replicas = replicas;
+  auto r = c->client->Create(spec);
   if (!r.ok()) return Fail(r.status());
   *out = new skv_region{*std::move(r)};
   return SKV_OK;
@@ -111,10 +123,12 @@ int skv_list(skv_client* c, const char* prefix, char** json_out) {
     absl::StrAppendFormat(&json,
                           R"(%s{"key":"%s","region_id":%d,"layers":%d,"entry_bytes":%d,"entry_stride_bytes":%d,)"
                           R"("capacity_tokens":%d,"committed_tokens":%d,"sealed":%s,"bytes":%d,"active_leases":%d,)"
-                          R"("created_unix_ms":%d})",
+                          R"("created_unix_ms":%d,"nodes":[)",
                           i ? "," : "", JsonEscape(r.key), r.region_id, r.layers, r.entry_bytes, r.entry_stride_bytes,
                           r.capacity_tokens, r.committed_tokens, r.sealed ? "true" : "false", r.bytes, r.active_leases,
                           r.created_unix_ms);
+    for (size_t n = 0; n < r.nodes.size(); ++n) absl::StrAppend(&json, n ? "," : "", "\"", JsonEscape(r.nodes[n]), "\"");
+    json += "]}";
   }
   json += "]";
   *json_out = Dup(json);
@@ -127,9 +141,9 @@ int skv_stats(skv_client* c, char** json_out) {
   if (!s.ok()) return Fail(s.status());
   *json_out = Dup(absl::StrFormat(
       R"({"pool_bytes":%d,"used_bytes":%d,"free_bytes":%d,"quarantined_bytes":%d,"regions":%d,"active_leases":%d,)"
-      R"("evictions":%d,"abandoned_regions":%d,"backing":"%s"})",
+      R"("evictions":%d,"abandoned_regions":%d,"backing":"%s","nodes":%d})",
       s->pool_bytes, s->used_bytes, s->free_bytes, s->quarantined_bytes, s->regions, s->active_leases, s->evictions,
-      s->abandoned_regions, JsonEscape(s->backing)));
+      s->abandoned_regions, JsonEscape(s->backing), s->nodes));
   return SKV_OK;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -51,7 +52,7 @@ absl::StatusOr<std::unique_ptr<ClusterClient>> ClusterClient::Make(const ClientO
   if (!url.ok()) return url.status();
   std::unique_ptr<ClusterClient> out(new ClusterClient(options, *url));
   // Fail at connect when etcd is not there at all, as a single-node client does for its daemon.
-  if (auto view = out->View(0); !view.ok()) return view.status();
+  if (auto view = out->View(0, false); !view.ok()) return view.status();
   return out;
 }
 
@@ -60,7 +61,7 @@ absl::Status ClusterClient::EtcdDown(const absl::Status& status, const std::stri
                                                      what, absl::StrJoin(url_.endpoints, ","), status.message()));
 }
 
-absl::StatusOr<ClusterView> ClusterClient::View(int64_t max_age_ms) {
+absl::StatusOr<ClusterView> ClusterClient::View(int64_t max_age_ms, bool stale_if_unreachable) {
   {
     absl::MutexLock lock(&mu_);
     if (max_age_ms > 0 && view_ms_ > 0 && UnixMs() - view_ms_ <= max_age_ms) return view_;
@@ -68,7 +69,7 @@ absl::StatusOr<ClusterView> ClusterClient::View(int64_t max_age_ms) {
   auto view = ReadClusterView(etcd_.get(), keys_);
   absl::MutexLock lock(&mu_);
   if (!view.ok()) {
-    if (view_ms_ > 0 && max_age_ms > 0) return view_;  // etcd away: the last membership seen
+    if (view_ms_ > 0 && stale_if_unreachable) return view_;  // etcd away: the last membership seen
     return EtcdDown(view.status(), "reading the nodes");
   }
   view_ = *view;
@@ -138,7 +139,9 @@ std::vector<std::pair<std::string, Client*>> ClusterClient::Connected() {
 }
 
 absl::StatusOr<std::shared_ptr<Region>> ClusterClient::Create(const RegionSpec& spec) {
-  auto view = View(0);
+  // Membership at most a second old: a node that died since costs one failed connect (2 s at
+  // most), then the next-ranked node takes the region.
+  auto view = View(1000, /*stale_if_unreachable=*/false);
   if (!view.ok()) {
     return absl::Status(view.status().code(),
                         absl::StrFormat("cannot place region '%s': %s", spec.key, view.status().message()));
@@ -171,6 +174,8 @@ absl::StatusOr<std::shared_ptr<Region>> ClusterClient::Create(const RegionSpec& 
     }
     auto region = (*client)->Create(spec);
     if (region.ok() || !Retryable(region.status())) return region;
+    // Every node shares the etcd this one cannot reach: no point asking the next.
+    if (absl::StrContains(region.status().message(), "cannot reach etcd")) return region;
     last = absl::Status(region.status().code(), absl::StrFormat("node %s: %s", ranked[i].id(), region.status().message()));
   }
   return last;
@@ -180,7 +185,7 @@ absl::StatusOr<std::shared_ptr<Region>> ClusterClient::Open(const std::string& k
   auto entry = Entry(key);
   if (!entry.ok()) return entry.status();
   if (!*entry) return absl::NotFoundError(absl::StrFormat("no region '%s' in cluster '%s'", key, url_.name));
-  auto view = View(1000);
+  auto view = View(1000, /*stale_if_unreachable=*/true);
   if (!view.ok()) return view.status();
   const auto& e = **entry;
   // Candidates: the primary only for writes and unsealed regions; else every live copy, this
@@ -194,7 +199,7 @@ absl::StatusOr<std::shared_ptr<Region>> ClusterClient::Open(const std::string& k
   }
   if (live.empty()) {
     // A node that just died may still be in a view up to a second old; a fresh one says for sure.
-    auto fresh = View(0);
+    auto fresh = View(0, false);
     std::vector<std::string> why;
     for (const auto& id : gone) why.push_back(fresh.ok() ? fresh->DescribeGone(id) : view->DescribeGone(id));
     return absl::NotFoundError(absl::StrFormat("region '%s' of cluster '%s' is lost: %s", key, url_.name,
@@ -226,7 +231,7 @@ absl::Status ClusterClient::Delete(const std::string& key) {
   auto entry = Entry(key, &revision);
   if (!entry.ok()) return entry.status();
   if (!*entry) return absl::NotFoundError(absl::StrFormat("no region '%s' in cluster '%s'", key, url_.name));
-  auto view = View(0);
+  auto view = View(0, false);
   if (!view.ok()) return view.status();
   bool dead = false;
   for (const auto& id : (*entry)->nodes()) {
@@ -260,7 +265,7 @@ absl::Status ClusterClient::Delete(const std::string& key) {
 absl::StatusOr<std::vector<RegionInfo>> ClusterClient::List(const std::string& prefix) {
   auto entries = etcd_->List(keys_.region(prefix));
   if (!entries.ok()) return EtcdDown(entries.status(), "listing regions");
-  auto view = View(0);
+  auto view = View(0, false);
   if (!view.ok()) return view.status();
   std::map<std::string, v1::ClusterRegionEntry> directory;
   for (const auto& kv : *entries) {
@@ -289,7 +294,7 @@ absl::StatusOr<std::vector<RegionInfo>> ClusterClient::List(const std::string& p
 }
 
 absl::StatusOr<PoolStats> ClusterClient::Stats() {
-  auto view = View(0);
+  auto view = View(0, false);
   if (!view.ok()) return view.status();
   PoolStats total;
   total.nodes = 0;
@@ -314,7 +319,7 @@ absl::StatusOr<PoolStats> ClusterClient::Stats() {
 }
 
 absl::StatusOr<std::vector<NodeInfo>> ClusterClient::Nodes() {
-  auto view = View(0);
+  auto view = View(0, false);
   if (!view.ok()) return view.status();
   std::vector<NodeInfo> out;
   for (const auto& n : view->nodes) out.push_back(ToInfo(n));
@@ -325,7 +330,7 @@ absl::Status ClusterClient::Replicate(const std::string& key, int32_t replicas) 
   auto entry = Entry(key);
   if (!entry.ok()) return entry.status();
   if (!*entry) return absl::NotFoundError(absl::StrFormat("no region '%s' in cluster '%s'", key, url_.name));
-  auto view = View(0);
+  auto view = View(0, false);
   if (!view.ok()) return view.status();
   absl::Status last = absl::NotFoundError(absl::StrFormat("region '%s': no live node holds it", key));
   for (const auto& id : (*entry)->nodes()) {

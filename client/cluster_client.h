@@ -39,9 +39,9 @@ class ClusterClient {
  private:
   ClusterClient(const ClientOptions& options, ClusterUrl url);
   absl::StatusOr<Client*> NodeClient(const v1::ClusterNode& node);
-  // Membership, re-read when older than `max_age_ms` (0: always); the last good one when etcd
-  // cannot be reached.
-  absl::StatusOr<ClusterView> View(int64_t max_age_ms);
+  // Membership, re-read when older than `max_age_ms` (0: always); when etcd cannot be reached,
+  // the last one seen if `stale_if_unreachable`, else UNAVAILABLE naming etcd.
+  absl::StatusOr<ClusterView> View(int64_t max_age_ms, bool stale_if_unreachable);
   // The directory entry of `key` (nullopt: none); the last one seen when etcd cannot be reached.
   absl::StatusOr<std::optional<v1::ClusterRegionEntry>> Entry(const std::string& key, int64_t* revision = nullptr);
   absl::Status EtcdDown(const absl::Status& status, const std::string& what) const;

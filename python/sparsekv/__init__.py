@@ -190,16 +190,20 @@ class Client(_Closable):
 
     def __init__(self, server: str = "127.0.0.1:7370", transport: str = "auto", token: Optional[str] = None,
                  tls: Optional[Tuple[Optional[str], Optional[str], Optional[str]]] = None, rpc_timeout_ms: int = 0,
-                 fetch_threads: int = 0, data_connections: int = 0):
+                 fetch_threads: int = 0, data_connections: int = 0, cluster: Optional[str] = None):
+        """`cluster`: "etcd://HOST:PORT[,HOST:PORT...]/NAME" for a sparsekv cluster on etcd (then `server` is not
+        used): regions are placed across the nodes, opened through the cluster's directory, and one fetch_batch
+        spans nodes."""
         lib = _lib.core()
         ca, cert, key = tls if tls is not None else (None, None, None)
         enc = lambda s: s.encode() if s else None  # noqa: E731
         opts = _lib.Options(ctypes.sizeof(_lib.Options), enc(server), enc(transport), enc(token), enc(ca), enc(cert),
-                            enc(key), rpc_timeout_ms, fetch_threads, data_connections)
+                            enc(key), rpc_timeout_ms, fetch_threads, data_connections, enc(cluster))
         handle = ctypes.c_void_p()
         _check(lib.skv_connect(ctypes.byref(opts), ctypes.byref(handle)))
         self._handle = handle
         self.server = server
+        self.cluster = cluster
         self._device_paths: dict = {}
         self._lock = threading.Lock()
 
@@ -212,13 +216,15 @@ class Client(_Closable):
             _lib.core().skv_client_free(self._handle)
             self._handle = None
 
-    def create(self, key: str, layers: int, entry_bytes: int, capacity_tokens: int = 0, ttl_ms: int = 0) -> "Region":
+    def create(self, key: str, layers: int, entry_bytes: int, capacity_tokens: int = 0, ttl_ms: int = 0,
+               replicas: int = 1) -> "Region":
         """Creates a region and returns its writer handle (it holds the region's write lease).
 
+        `replicas` (clusters): copies kept on that many nodes once the region is sealed.
         Raises AlreadyExists, InvalidArgument (shape), ResourceExhausted (pool or quota)."""
         handle = ctypes.c_void_p()
-        _check(_lib.core().skv_create(self._handle, key.encode(), layers, entry_bytes, capacity_tokens, ttl_ms,
-                                      ctypes.byref(handle)))
+        _check(_lib.core().skv_create_replicated(self._handle, key.encode(), layers, entry_bytes, capacity_tokens,
+                                                 ttl_ms, replicas, ctypes.byref(handle)))
         return Region(self, handle)
 
     def open(self, key: str) -> "Region":

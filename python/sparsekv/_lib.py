@@ -27,6 +27,7 @@ class Options(ctypes.Structure):
         ("rpc_timeout_ms", ctypes.c_int64),
         ("fetch_threads", ctypes.c_int32),
         ("data_connections", ctypes.c_int32),
+        ("cluster", ctypes.c_char_p),
     ]
 
 
@@ -101,6 +102,7 @@ def core() -> ctypes.CDLL:
     _declare(lib, "skv_connect", ctypes.c_int, ctypes.POINTER(Options), pvp)
     _declare(lib, "skv_client_free", None, vp)
     _declare(lib, "skv_create", ctypes.c_int, vp, cp, i32, i32, i64, i64, pvp)
+    _declare(lib, "skv_create_replicated", ctypes.c_int, vp, cp, i32, i32, i64, i64, i32, pvp)
     _declare(lib, "skv_open", ctypes.c_int, vp, cp, ctypes.c_int, pvp)
     _declare(lib, "skv_delete", ctypes.c_int, vp, cp)
     _declare(lib, "skv_list", ctypes.c_int, vp, cp, pcp)

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
 
 
 class Daemon:
-    def __init__(self, pool_size="64MiB", lease_ms=10000):
+    def __init__(self, pool_size="64MiB", lease_ms=10000, extra_args=()):
         binary = os.environ.get("SPARSEKVD")
         if not binary:
             pytest.skip("SKIPPED: $SPARSEKVD (the daemon to test against) is not set")
@@ -25,7 +25,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [binary, "--listen", "127.0.0.1:0", "--pool-size", pool_size, "--runtime-dir", self.dir,
              "--ready-file", ready, "--metrics-listen", "127.0.0.1:0", "--lease-ms", str(lease_ms),
-             "--reap-interval-ms", str(min(100, lease_ms // 4))],
+             "--reap-interval-ms", str(min(100, lease_ms // 4)), *extra_args],
             stderr=self.log, stdout=self.log)
         deadline = time.time() + 60
         while not os.path.exists(ready):
@@ -43,6 +43,41 @@ class Daemon:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self.log.close()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Etcd:
+    """A real etcd-server (Debian's /usr/bin/etcd) on loopback ports of its own."""
+
+    def __init__(self):
+        if not os.path.exists("/usr/bin/etcd"):
+            pytest.skip("SKIPPED: etcd-server is not installed (/usr/bin/etcd)")
+        self.dir = tempfile.mkdtemp(prefix="sparsekv-etcd-")
+        client, peer = _free_port(), _free_port()
+        self.endpoint = f"127.0.0.1:{client}"
+        self.log = open(os.path.join(self.dir, "etcd.log"), "w")
+        self.proc = subprocess.Popen(
+            ["/usr/bin/etcd", "--name", "py", "--data-dir", os.path.join(self.dir, "data"),
+             "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
+             f"http://127.0.0.1:{peer}", "--initial-cluster", f"py=http://127.0.0.1:{peer}"],
+            stderr=self.log, stdout=self.log)
+        deadline = time.time() + 30
+        while "ready to serve client requests" not in open(self.log.name).read():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("etcd did not start: " + open(self.log.name).read())
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
         self.log.close()
 
 

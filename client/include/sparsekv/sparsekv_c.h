@@ -53,6 +53,7 @@ typedef struct skv_options {
   int64_t rpc_timeout_ms; /* 0: default */
   int32_t fetch_threads;  /* 0: default */
   int32_t data_connections; /* 0: default */
+  const char* cluster;      /* "etcd://HOST:PORT[,...]/NAME": a cluster instead of `server` */
 } skv_options;
 
 typedef struct skv_region_info {
@@ -84,6 +85,9 @@ int skv_connect(const skv_options* options, skv_client** out);
 void skv_client_free(skv_client* client);
 int skv_create(skv_client* client, const char* key, int32_t layers, int32_t entry_bytes, int64_t capacity_tokens,
                int64_t ttl_ms, skv_region** out);
+/* As skv_create; in a cluster, `replicas` copies are kept once the region is sealed. */
+int skv_create_replicated(skv_client* client, const char* key, int32_t layers, int32_t entry_bytes,
+                          int64_t capacity_tokens, int64_t ttl_ms, int32_t replicas, skv_region** out);
 int skv_open(skv_client* client, const char* key, int for_write, skv_region** out);
 int skv_delete(skv_client* client, const char* key);
 int skv_list(skv_client* client, const char* prefix, char** json_out);
