@@ -96,7 +96,7 @@ ClusterMember::~ClusterMember() {
 absl::Status ClusterMember::Unavailable(const std::string& what) const {
   std::string why;
   {
-    std::lock_guard lock(const_cast<std::mutex&>(mu_));
+    std::lock_guard lock(mu_);
     why = last_error_;
   }
   return absl::UnavailableError(absl::StrFormat(
@@ -419,6 +419,7 @@ void ClusterMember::Loop() {
   const auto retry = std::min<Clock::duration>(period, std::chrono::milliseconds(500));
   auto next_refresh = Clock::now();
   bool down_logged = false;
+  bool first = true;  // register at once at start-up
   auto went_down = [&](const absl::Status& s) {
     registered_.store(false);
     {
@@ -436,7 +437,8 @@ void ClusterMember::Loop() {
   while (true) {
     {
       std::unique_lock lock(mu_);
-      const auto until = registered_.load() ? next_refresh : Clock::now() + retry;
+      const auto until = registered_.load() ? next_refresh : first ? Clock::now() : Clock::now() + retry;
+      first = false;
       cv_.wait_until(lock, until, [&] {
         return stop_ || refresh_now_ || (registered_.load() && (!removed_.empty() || !sealed_.empty()));
       });

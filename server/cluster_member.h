@@ -95,7 +95,7 @@ class ClusterMember : public RegionObserver {
   std::atomic<bool> registered_{false};
   std::atomic<int64_t> lease_{0};
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
   bool refresh_now_ = false;

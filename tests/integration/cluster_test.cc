@@ -213,8 +213,21 @@ TEST_CASE("cluster: a killed node's regions are reported lost within the TTL, th
   for (const auto& [key, nodes] : placed) (nodes[0] == victim ? on_victim : elsewhere).push_back(key);
   REQUIRE(!elsewhere.empty());
 
+  // A handle opened on the victim before it dies: from then on it returns the right bytes (the
+  // pool mapping outlives the daemon, and nothing else can write it) or an error, never others.
+  auto early = cluster.NewClient();
+  auto held = early->Open("loss/0");
+  REQUIRE(held.ok());
   const auto killed = Clock::now();
   cluster.nodes[cluster.index(victim)]->Kill();
+  {
+    const auto idx = SomeIndices(300, 100, 1);
+    std::vector<std::byte> dst(idx.size() * 656);
+    for (int32_t layer = 0; layer < 2; ++layer) {
+      auto s = (*held)->Fetch(layer, idx, absl::MakeSpan(dst));
+      if (s.ok()) CHECK(CountWrong(500, layer, idx, 656, dst) == 0);
+    }
+  }
   absl::Status lost;
   auto reader = cluster.NewClient();
   REQUIRE(WaitFor(10000 + kTtlS * 1000, [&] {
@@ -439,6 +452,18 @@ TEST_CASE("cluster: a client names a region that never existed and a malformed c
   // A single-node client is told it is not a cluster client.
   auto direct = cluster.nodes[0]->NewClient();
   CHECK(direct->Nodes().status().code() == absl::StatusCode::kFailedPrecondition);
+  // Eviction on a node removes the directory entry too.
+  REQUIRE(MakePatternRegion(*client, "evicted", 1, 656, 64, 1, /*seal=*/true).ok());
+  REQUIRE(client->Open("evicted").ok());
+  REQUIRE(WaitFor(5000, [&] {  // the reader's lease from the Open above must lapse or be released first
+    auto evicted = cluster.nodes[0]->Ctl("evict --bytes 256KiB");
+    return evicted.exit_code == 0;
+  }));
+  CHECK(WaitFor(5000, [&] {
+    auto r = client->Open("evicted");
+    return r.status().code() == absl::StatusCode::kNotFound &&
+           absl::StrContains(r.status().message(), "no region 'evicted' in cluster 'test'");
+  }));
   // Deleting through the cluster removes the directory entry with the region.
   REQUIRE(client->Create({"gone", 1, 656, 64, 0}).ok());
   REQUIRE(client->Delete("gone").ok());
