@@ -740,6 +740,18 @@ absl::StatusOr<v1::ReplicateRegionResponse> ClusterInternals::Replicate(Client& 
   return reply;
 }
 
+absl::StatusOr<std::string> ClusterInternals::Namespace(Client& client) {
+  v1::ListRegionsRequest request;
+  request.set_key_prefix(std::string(1, '\x01'));  // matches no key: only the namespace comes back
+  request.set_limit(1);
+  v1::ListRegionsResponse reply;
+  auto ctx = client.impl_->Context();
+  auto status = FromGrpcStatus(client.impl_->stub->ListRegions(ctx.get(), request, &reply),
+                               client.impl_->What("ListRegions"));
+  if (!status.ok()) return status;
+  return reply.key_prefix();
+}
+
 absl::StatusOr<std::shared_ptr<Region>> Client::CreateFrom(const v1::CreateRegionRequest& request) {
   v1::OpenRegionResponse reply;
   int64_t sent = NowNs();

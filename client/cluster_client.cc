@@ -77,8 +77,37 @@ absl::StatusOr<ClusterView> ClusterClient::View(int64_t max_age_ms, bool stale_i
   return view_;
 }
 
+absl::StatusOr<std::string> ClusterClient::Namespace() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (namespace_) return *namespace_;
+  }
+  auto view = View(1000, /*stale_if_unreachable=*/true);
+  if (!view.ok()) return view.status();
+  absl::Status last = absl::UnavailableError(absl::StrFormat("cluster '%s' has no live node", url_.name));
+  for (const auto& node : view->nodes) {
+    auto client = NodeClient(node);
+    if (!client.ok()) {
+      last = client.status();
+      continue;
+    }
+    auto ns = ClusterInternals::Namespace(**client);
+    if (!ns.ok()) {
+      last = ns.status();
+      if (ns.status().code() == absl::StatusCode::kUnauthenticated) return last;
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    namespace_ = *ns;
+    return *ns;
+  }
+  return last;
+}
+
 absl::StatusOr<std::optional<v1::ClusterRegionEntry>> ClusterClient::Entry(const std::string& key, int64_t* revision) {
-  auto kv = etcd_->Get(keys_.region(key));
+  auto ns = Namespace();
+  if (!ns.ok()) return ns.status();
+  auto kv = etcd_->Get(keys_.region(*ns + key));
   if (!kv.ok()) {
     absl::MutexLock lock(&mu_);
     if (auto it = entries_.find(key); it != entries_.end() && revision == nullptr) {
@@ -254,7 +283,7 @@ absl::Status ClusterClient::Delete(const std::string& key) {
     if (again.ok() && *again) {
       bool any_live = false;
       for (const auto& id : (*again)->nodes()) any_live |= view->Find(id) != nullptr;
-      if (!any_live) (void)etcd_->DeleteIf(keys_.region(key), now_revision);
+      if (!any_live) (void)etcd_->DeleteIf(keys_.region(Namespace().value_or("") + key), now_revision);
     }
   }
   absl::MutexLock lock(&mu_);
@@ -263,14 +292,16 @@ absl::Status ClusterClient::Delete(const std::string& key) {
 }
 
 absl::StatusOr<std::vector<RegionInfo>> ClusterClient::List(const std::string& prefix) {
-  auto entries = etcd_->List(keys_.region(prefix));
+  auto ns = Namespace();
+  if (!ns.ok()) return ns.status();
+  auto entries = etcd_->List(keys_.region(*ns + prefix));
   if (!entries.ok()) return EtcdDown(entries.status(), "listing regions");
   auto view = View(0, false);
   if (!view.ok()) return view.status();
   std::map<std::string, v1::ClusterRegionEntry> directory;
   for (const auto& kv : *entries) {
     v1::ClusterRegionEntry e;
-    if (FromJson(kv.value, kv.key, &e).ok()) directory[e.key()] = e;
+    if (FromJson(kv.value, kv.key, &e).ok()) directory[e.key().substr(ns->size())] = e;
   }
   std::map<std::string, RegionInfo> merged;
   for (const auto& node : view->nodes) {

@@ -4,6 +4,7 @@
 #define SPARSEKV_CLIENT_CLUSTER_CLIENT_H_
 
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +46,9 @@ class ClusterClient {
   // The directory entry of `key` (nullopt: none); the last one seen when etcd cannot be reached.
   absl::StatusOr<std::optional<v1::ClusterRegionEntry>> Entry(const std::string& key, int64_t* revision = nullptr);
   absl::Status EtcdDown(const absl::Status& status, const std::string& what) const;
+  // This client's namespace in the daemons ("TENANT/" with tenants, else ""), which prefixes its
+  // keys in the directory; learned from the first node asked.
+  absl::StatusOr<std::string> Namespace();
 
   ClientOptions options_;  // per node, with server set
   ClusterUrl url_;
@@ -64,6 +68,7 @@ class ClusterClient {
   ClusterView view_ ABSL_GUARDED_BY(mu_);
   int64_t view_ms_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, v1::ClusterRegionEntry> entries_ ABSL_GUARDED_BY(mu_);  // last seen, for etcd outages
+  std::optional<std::string> namespace_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sparsekv

@@ -16,6 +16,8 @@ struct ClusterInternals {
   // without claiming the key in the directory (the source lists the copy once it is sealed).
   static absl::StatusOr<std::shared_ptr<Region>> CreateReplica(Client& client, const RegionSpec& spec,
                                                                const std::string& source_node);
+  // The caller's namespace in the client's daemon ("TENANT/" or "").
+  static absl::StatusOr<std::string> Namespace(Client& client);
   // Asks the client's daemon to copy its sealed region `key` until `replicas` live nodes hold it.
   static absl::StatusOr<v1::ReplicateRegionResponse> Replicate(Client& client, const std::string& key,
                                                                int32_t replicas, bool exclude_self);

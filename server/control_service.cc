@@ -165,6 +165,7 @@ grpc::Status ControlService::ListRegions(grpc::ServerContext* ctx, const v1::Lis
                  auto listed = table_->List(scoped);
                  if (listed.ok()) {
                    for (auto& info : *listed->mutable_regions()) Outward(&info, prefix);
+                   listed->set_key_prefix(prefix);
                  }
                  return listed;
                });

@@ -6,6 +6,9 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <fstream>
+
+#include <sys/stat.h>
 
 #include <catch2/catch.hpp>
 
@@ -469,6 +472,75 @@ TEST_CASE("cluster: a client names a region that never existed and a malformed c
   REQUIRE(client->Delete("gone").ok());
   CHECK(client->Open("gone").status().code() == absl::StatusCode::kNotFound);
   CHECK(client->Create({"gone", 1, 656, 64, 0}).ok());  // and the key can be used again
+}
+
+}  // namespace
+}  // namespace sparsekv::testing
+
+namespace sparsekv::testing {
+namespace {
+
+TEST_CASE("cluster with tenants: each tenant's keys are its own across the cluster, and replicas copy under the admin "
+          "token",
+          "[cluster]") {
+  SKIP_WITHOUT_ETCD();
+  TempDir dir;
+  const std::string tenants = dir.path() + "/tenants.toml";
+  std::ofstream(tenants) << "[admin]\ntokens = [\"cluster-admin-0123456789abcdef\"]\n\n"
+                         << "[tenants.team-a]\ntokens = [\"team-a-secret-0123456789abcd\"]\n\n"
+                         << "[tenants.team-b]\ntokens = [\"team-b-secret-0123456789abcd\"]\n";
+  chmod(tenants.c_str(), 0600);
+  const std::string token_file = dir.path() + "/cluster.token";
+  std::ofstream(token_file) << "cluster-admin-0123456789abcdef\n";
+  EtcdFixture etcd;
+  std::vector<std::unique_ptr<DaemonFixture>> nodes;
+  for (int i = 0; i < 2; ++i) {
+    DaemonOptions o;
+    o.extra_args = {"--cluster", etcd.Url("tenants"), "--cluster-node-id", "t" + std::to_string(i),
+                    "--cluster-ttl-s", "3", "--cluster-refresh-ms", "300", "--tenants-file", tenants,
+                    "--cluster-token-file", token_file};
+    nodes.push_back(std::make_unique<DaemonFixture>(o));
+  }
+  auto as = [&](const std::string& token) {
+    ClientOptions o;
+    o.cluster = etcd.Url("tenants");
+    o.token = token;
+    auto c = Client::Connect(o);
+    REQUIRE(c.ok());
+    return *std::move(c);
+  };
+  auto a = as("team-a-secret-0123456789abcd");
+  auto b = as("team-b-secret-0123456789abcd");
+  REQUIRE(WaitFor(20000, [&] {
+    auto n = a->Nodes();
+    return n.ok() && n->size() == 2;
+  }));
+  RegionSpec spec{"shared-prefix", 2, 656, 200, 0};
+  spec.replicas = 2;
+  auto region_a = a->Create(spec);
+  REQUIRE(region_a.ok());
+  REQUIRE(WritePattern(**region_a, 41, 0, 200).ok());
+  REQUIRE((*region_a)->Commit(200).ok());
+  REQUIRE((*region_a)->Seal().ok());
+  // team-b does not see team-a's key, and has its own region under the same name.
+  CHECK(b->Open("shared-prefix").status().code() == absl::StatusCode::kNotFound);
+  auto region_b = MakePatternRegion(*b, "shared-prefix", 2, 656, 200, 42, true);
+  REQUIRE(region_b.ok());
+  std::map<std::string, std::vector<std::string>> listed;
+  REQUIRE(WaitFor(20000, [&] {
+    listed = NodesOf(*a, "");
+    return listed.size() == 1 && listed["shared-prefix"].size() == 2;  // copied by the node, as the admin
+  }));
+  auto reader_a = as("team-a-secret-0123456789abcd");
+  auto ra = reader_a->Open("shared-prefix");
+  REQUIRE(ra.ok());
+  CHECK(VerifyAllLayers(**ra, 41, SomeIndices(200, 50, 3)) == 0);
+  auto rb = b->Open("shared-prefix");
+  REQUIRE(rb.ok());
+  CHECK(VerifyAllLayers(**rb, 42, SomeIndices(200, 50, 4)) == 0);
+  auto dup = as("team-a-secret-0123456789abcd")->Create({"shared-prefix", 2, 656, 200, 0});
+  CHECK(dup.status().code() == absl::StatusCode::kAlreadyExists);
+  CHECK(absl::StrContains(dup.status().message(), "region 'shared-prefix' already exists"));
 }
 
 }  // namespace
