@@ -84,6 +84,15 @@ std::string PrefixEnd(const std::string& prefix) {
   return std::string(1, '\0');  // every key
 }
 
+// The transaction's guard: `key` was last modified at `revision`.
+void StillAt(etcdserverpb::TxnRequest* request, const std::string& key, int64_t revision) {
+  auto* compare = request->add_compare();
+  compare->set_key(key);
+  compare->set_target(etcdserverpb::Compare::MOD);
+  compare->set_result(etcdserverpb::Compare::EQUAL);
+  compare->set_mod_revision(revision);
+}
+
 EtcdKv FromProto(const mvccpb::KeyValue& kv) {
   return EtcdKv{kv.key(), kv.value(), kv.create_revision(), kv.mod_revision(), kv.lease()};
 }
@@ -121,16 +130,20 @@ absl::Status EtcdClient::Failover(const char* what, Call&& call) {
   return last;
 }
 
+absl::Status EtcdClient::Range(const etcdserverpb::RangeRequest& request, etcdserverpb::RangeResponse* reply) {
+  return Failover("Range",
+                  [&](size_t at, grpc::ClientContext* ctx) { return channels_->kv[at]->Range(ctx, request, reply); });
+}
+
+absl::Status EtcdClient::Txn(const etcdserverpb::TxnRequest& request, etcdserverpb::TxnResponse* reply) {
+  return Failover("Txn", [&](size_t at, grpc::ClientContext* ctx) { return channels_->kv[at]->Txn(ctx, request, reply); });
+}
+
 absl::StatusOr<std::optional<EtcdKv>> EtcdClient::Get(const std::string& key) {
   etcdserverpb::RangeRequest request;
   request.set_key(key);
   etcdserverpb::RangeResponse reply;
-  if (auto s = Failover("Range", [&](size_t at, grpc::ClientContext* ctx) {
-        return channels_->kv[at]->Range(ctx, request, &reply);
-      });
-      !s.ok()) {
-    return s;
-  }
+  if (auto s = Range(request, &reply); !s.ok()) return s;
   if (reply.kvs_size() == 0) return std::optional<EtcdKv>();
   return std::optional<EtcdKv>(FromProto(reply.kvs(0)));
 }
@@ -147,12 +160,7 @@ absl::StatusOr<std::vector<EtcdKv>> EtcdClient::List(const std::string& prefix) 
     request.set_limit(1000);
     request.set_revision(revision);
     etcdserverpb::RangeResponse reply;
-    if (auto s = Failover("Range", [&](size_t at, grpc::ClientContext* ctx) {
-          return channels_->kv[at]->Range(ctx, request, &reply);
-        });
-        !s.ok()) {
-      return s;
-    }
+    if (auto s = Range(request, &reply); !s.ok()) return s;
     revision = reply.header().revision();
     for (const auto& kv : reply.kvs()) out.push_back(FromProto(kv));
     if (!reply.more() || reply.kvs_size() == 0) break;
@@ -184,10 +192,7 @@ absl::StatusOr<std::optional<EtcdKv>> EtcdClient::Create(const std::string& key,
   put->set_lease(lease);
   request.add_failure()->mutable_request_range()->set_key(key);
   etcdserverpb::TxnResponse reply;
-  if (auto s = Failover("Txn", [&](size_t at, grpc::ClientContext* ctx) { return channels_->kv[at]->Txn(ctx, request, &reply); });
-      !s.ok()) {
-    return s;
-  }
+  if (auto s = Txn(request, &reply); !s.ok()) return s;
   if (reply.succeeded()) return std::optional<EtcdKv>();
   if (reply.responses_size() > 0 && reply.responses(0).response_range().kvs_size() > 0) {
     return std::optional<EtcdKv>(FromProto(reply.responses(0).response_range().kvs(0)));
@@ -197,35 +202,21 @@ absl::StatusOr<std::optional<EtcdKv>> EtcdClient::Create(const std::string& key,
 
 absl::StatusOr<bool> EtcdClient::Swap(const std::string& key, int64_t revision, const std::string& value) {
   etcdserverpb::TxnRequest request;
-  auto* compare = request.add_compare();
-  compare->set_key(key);
-  compare->set_target(etcdserverpb::Compare::MOD);
-  compare->set_result(etcdserverpb::Compare::EQUAL);
-  compare->set_mod_revision(revision);
+  StillAt(&request, key, revision);
   auto* put = request.add_success()->mutable_request_put();
   put->set_key(key);
   put->set_value(value);
   etcdserverpb::TxnResponse reply;
-  if (auto s = Failover("Txn", [&](size_t at, grpc::ClientContext* ctx) { return channels_->kv[at]->Txn(ctx, request, &reply); });
-      !s.ok()) {
-    return s;
-  }
+  if (auto s = Txn(request, &reply); !s.ok()) return s;
   return reply.succeeded();
 }
 
 absl::StatusOr<bool> EtcdClient::DeleteIf(const std::string& key, int64_t revision) {
   etcdserverpb::TxnRequest request;
-  auto* compare = request.add_compare();
-  compare->set_key(key);
-  compare->set_target(etcdserverpb::Compare::MOD);
-  compare->set_result(etcdserverpb::Compare::EQUAL);
-  compare->set_mod_revision(revision);
+  StillAt(&request, key, revision);
   request.add_success()->mutable_request_delete_range()->set_key(key);
   etcdserverpb::TxnResponse reply;
-  if (auto s = Failover("Txn", [&](size_t at, grpc::ClientContext* ctx) { return channels_->kv[at]->Txn(ctx, request, &reply); });
-      !s.ok()) {
-    return s;
-  }
+  if (auto s = Txn(request, &reply); !s.ok()) return s;
   return reply.succeeded();
 }
 

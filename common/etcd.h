@@ -21,6 +21,13 @@
 
 #include "absl/status/statusor.h"
 
+namespace etcdserverpb {
+class RangeRequest;
+class RangeResponse;
+class TxnRequest;
+class TxnResponse;
+}  // namespace etcdserverpb
+
 namespace sparsekv {
 
 // etcd://HOST:PORT[,HOST:PORT...]/NAME
@@ -70,6 +77,8 @@ class EtcdClient {
  private:
   template <typename Call>
   absl::Status Failover(const char* what, Call&& call);
+  absl::Status Range(const etcdserverpb::RangeRequest& request, etcdserverpb::RangeResponse* reply);
+  absl::Status Txn(const etcdserverpb::TxnRequest& request, etcdserverpb::TxnResponse* reply);
 
   std::vector<std::string> endpoints_;
   int64_t timeout_ms_;
