@@ -471,6 +471,7 @@ struct ResidencyCache::Impl {
   ~Impl() {
     cudaFree(state.tokens);
     cudaFree(state.order);
+    cudaFree(state.where);
     cudaFree(state.hot);
     cudaFree(state.miss_tokens);
     cudaFree(state.miss_slots);
@@ -509,6 +510,11 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
   absl::Status st;
   c.tokens = DeviceAlloc<int32_t>(per, &st, "hot-buffer tokens");
   c.order = DeviceAlloc<int32_t>(per, &st, "hot-buffer recency order");
+  // The token -> hot entry map covers every token a bound region can hold: max_tokens rounded up
+  // to whole pages of the largest page a pool may have (2 MiB of 64-byte entries).
+  c.map_tokens = (b.max_tokens + 32767) / 32768 * 32768;
+  c.where = DeviceAlloc<int32_t>(static_cast<size_t>(b.max_slots) * b.layers * c.map_tokens, &st,
+                                 "token map of the hot buffers");
   c.hot = DeviceAlloc<uint8_t>(per * b.entry_bytes, &st, "hot buffers");
   c.miss_tokens = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");
   c.miss_slots = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");

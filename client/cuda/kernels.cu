@@ -125,37 +125,6 @@ __global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __res
 
 // ---- residency cache -------------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t HashOf(int32_t key, int bits) {
-  return (static_cast<uint32_t>(key) * 2654435761u) >> (32 - bits);
-}
-
-// Inserts key (if absent); returns its slot.
-__device__ int HashInsert(int32_t* keys, int bits, int32_t key) {
-  const uint32_t mask = (1u << bits) - 1;
-  uint32_t h = HashOf(key, bits);
-  while (true) {
-    const int32_t prev = atomicCAS(&keys[h], kEmpty, key);
-    if (prev == kEmpty || prev == key) return static_cast<int>(h);
-    h = (h + 1) & mask;
-  }
-}
-__device__ int HashFind(const int32_t* keys, int bits, int32_t key) {
-  const uint32_t mask = (1u << bits) - 1;
-  uint32_t h = HashOf(key, bits);
-  while (true) {
-    const int32_t k = keys[h];
-    if (k == key) return static_cast<int>(h);
-    if (k == kEmpty) return -1;
-    h = (h + 1) & mask;
-  }
-}
-
-int HashBits(int32_t entries) {  // a table of 2^bits >= 1.25 x entries
-  int bits = 4;
-  while ((1 << bits) < entries + entries / 4) ++bits;
-  return bits;
-}
-
 // In-place exclusive scan of a[0, n) in shared memory by the whole block; returns the total.
 __device__ int BlockExclusiveScan(int32_t* a, int n, int32_t* parts) {
   const int tid = threadIdx.x, nt = blockDim.x;
@@ -198,16 +167,13 @@ constexpr int kLookupThreads = 1024;
 constexpr int32_t kPendingMiss = -2;
 
 struct LookupLayout {
-  int hash_bits, miss_bits;
-  size_t order, touched, hkeys, hvals, mkeys, mpos, mrank, scan, out, victims, misstok, parts, bytes;
+  size_t order, touched, scan, out, victims, misstok, parts, bytes;
 };
 
 __host__ __device__ inline size_t Align16(size_t x) { return (x + 15) / 16 * 16; }
 
 LookupLayout MakeLayout(int32_t capacity, int32_t k) {
   LookupLayout l{};
-  l.hash_bits = HashBits(capacity);
-  l.miss_bits = HashBits(k);
   size_t at = 0;
   auto take = [&](size_t bytes) {
     size_t here = at;
@@ -217,11 +183,6 @@ LookupLayout MakeLayout(int32_t capacity, int32_t k) {
   const size_t scan_n = static_cast<size_t>(capacity > k ? capacity : k);
   l.order = take(4ul * capacity);
   l.touched = take(4ul * capacity);
-  l.hkeys = take(4ul << l.hash_bits);
-  l.hvals = take(4ul << l.hash_bits);
-  l.mkeys = take(4ul << l.miss_bits);
-  l.mpos = take(4ul << l.miss_bits);
-  l.mrank = take(4ul << l.miss_bits);
   l.scan = take(4ul * scan_n);
   l.out = take(4ul * k);
   l.victims = take(4ul * k);
@@ -231,17 +192,19 @@ LookupLayout MakeLayout(int32_t capacity, int32_t k) {
   return l;
 }
 
-__global__ void LookupKernel(DeviceTables t, CacheState c, LookupLayout l, int32_t layer,
+// A miss's mark in the token map while a lookup runs: the smallest position wins (atomicMin),
+// below every hot-entry index and below kEmpty.
+__device__ __forceinline__ int32_t MissMark(int i) { return INT32_MIN + i; }
+
+// One block per batch row. The token -> hot entry map (c.where, kept across steps) answers hits
+// with one load per index, so the block's work is a few passes over k and the capacity, with
+// no hash table to rebuild (the earlier design spent most of its time probing one).
+__global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, CacheState c, LookupLayout l, int32_t layer,
                              const int32_t* __restrict__ indices, int32_t k, const int32_t* __restrict__ row_slot,
                              int32_t* __restrict__ out_slots, bool count, DeviceError* error) {
   extern __shared__ __align__(16) unsigned char smem[];
   int32_t* s_order = reinterpret_cast<int32_t*>(smem + l.order);
   int32_t* s_touched = reinterpret_cast<int32_t*>(smem + l.touched);
-  int32_t* s_hkeys = reinterpret_cast<int32_t*>(smem + l.hkeys);
-  int32_t* s_hvals = reinterpret_cast<int32_t*>(smem + l.hvals);
-  int32_t* s_mkeys = reinterpret_cast<int32_t*>(smem + l.mkeys);
-  int32_t* s_mpos = reinterpret_cast<int32_t*>(smem + l.mpos);
-  int32_t* s_mrank = reinterpret_cast<int32_t*>(smem + l.mrank);
   int32_t* s_scan = reinterpret_cast<int32_t*>(smem + l.scan);
   int32_t* s_out = reinterpret_cast<int32_t*>(smem + l.out);
   int32_t* s_victims = reinterpret_cast<int32_t*>(smem + l.victims);
@@ -270,71 +233,55 @@ __global__ void LookupKernel(DeviceTables t, CacheState c, LookupLayout l, int32
     return;
   }
   const int64_t committed = t.committed[slot];
+  const int64_t readable = committed < c.map_tokens ? committed : c.map_tokens;
   const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * n;
-  for (int i = tid; i < (1 << l.hash_bits); i += nt) s_hkeys[i] = kEmpty;
-  for (int i = tid; i < (1 << l.miss_bits); i += nt) {
-    s_mkeys[i] = kEmpty;
-    s_mpos[i] = 0x7fffffff;
-  }
+  int32_t* where = c.where + (static_cast<int64_t>(slot) * t.layers + layer) * c.map_tokens;
   for (int h = tid; h < n; h += nt) {
     s_order[h] = c.order[cb + h];
     s_touched[h] = 0;
   }
   __syncthreads();
-  // 1. The resident tokens.
-  for (int h = tid; h < n; h += nt) {
-    const int32_t token = c.tokens[cb + h];
-    if (token >= 0) s_hvals[HashInsert(s_hkeys, l.hash_bits, token)] = h;
-  }
-  __syncthreads();
-  // 2. Hits, and the distinct misses with their first position.
+  // 1. Hits (one load each), and the misses marked in the map with their first position.
   unsigned long long hits = 0;
   for (int i = tid; i < k; i += nt) {
     const int32_t token = row_indices[i];
     int32_t out = -1;
     if (token == -1) {
       // padding
-    } else if (token < -1 || token >= committed) {
-      Report(error, kErrorIndex, row, layer, token, slot, committed);
+    } else if (token < -1 || token >= readable) {
+      Report(error, kErrorIndex, row, layer, token, slot, readable);
     } else {
-      const int at = HashFind(s_hkeys, l.hash_bits, token);
-      if (at >= 0) {
-        out = s_hvals[at];
-        s_touched[out] = 1;
+      const int32_t h = where[token];
+      if (h >= 0) {
+        out = h;
+        s_touched[h] = 1;
         ++hits;
       } else {
-        atomicMin(&s_mpos[HashInsert(s_mkeys, l.miss_bits, token)], i);
+        atomicMin(&where[token], MissMark(i));
         out = kPendingMiss;
       }
     }
     s_out[i] = out;
   }
   __syncthreads();
-  // 3. Rank the misses in order of first appearance.
+  // 2. Rank the distinct misses in order of first appearance.
   for (int i = tid; i < k; i += nt) {
     int first = 0;
     if (s_out[i] == kPendingMiss) {
-      first = s_mpos[HashFind(s_mkeys, l.miss_bits, row_indices[i])] == i ? 1 : 0;
+      first = where[row_indices[i]] == MissMark(i) ? 1 : 0;
+      if (!first) ++hits;  // a duplicate of a miss: served by the same fetch
     }
     s_scan[i] = first;
   }
   __syncthreads();
   const int m = BlockExclusiveScan(s_scan, k, s_parts);
   for (int i = tid; i < k; i += nt) {
-    if (s_out[i] != kPendingMiss) continue;
-    const int at = HashFind(s_mkeys, l.miss_bits, row_indices[i]);
-    if (s_mpos[at] == i) {
-      s_mrank[at] = s_scan[i];
-      s_misstok[s_scan[i]] = row_indices[i];
-    } else {
-      ++hits;  // a duplicate of a miss: served by the same fetch
-    }
+    if (s_out[i] == kPendingMiss && (i + 1 < k ? s_scan[i + 1] : m) != s_scan[i]) s_misstok[s_scan[i]] = row_indices[i];
   }
   __syncthreads();
-  // 4. Victims: untouched entries from the least-recently-used end.
+  // 3. Victims: untouched entries from the least-recently-used end.
   for (int p = tid; p < n; p += nt) s_scan[p] = s_touched[s_order[n - 1 - p]] ? 0 : 1;
   __syncthreads();
-  // The untouched count is the scan total; read each flag again from s_touched.
   const int untouched = BlockExclusiveScan(s_scan, n, s_parts);
   for (int p = tid; p < n; p += nt) {
     const int32_t h = s_order[n - 1 - p];
@@ -342,23 +289,30 @@ __global__ void LookupKernel(DeviceTables t, CacheState c, LookupLayout l, int32
   }
   if (tid == 0 && untouched < m) Report(error, kErrorCapacity, row, layer, m, slot, untouched);
   __syncthreads();
+  // 4. The misses move in: the map forgets each victim's old token (never one of this step's:
+  //    those were hits) and learns the new one; misses beyond the capacity are unmarked.
   const int filled = m < untouched ? m : untouched;
-  for (int j = tid; j < filled; j += nt) {
-    const int32_t h = s_victims[j];
-    c.tokens[cb + h] = s_misstok[j];
-    s_touched[h] = 1;
-    c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = s_misstok[j];
-    c.miss_slots[static_cast<int64_t>(row) * c.max_k + j] = h;
+  for (int j = tid; j < m; j += nt) {
+    const int32_t token = s_misstok[j];
+    if (j < filled) {
+      const int32_t h = s_victims[j];
+      const int32_t old = c.tokens[cb + h];
+      if (old >= 0 && old < c.map_tokens) where[old] = kEmpty;
+      c.tokens[cb + h] = token;
+      where[token] = h;
+      s_touched[h] = 1;
+      c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = token;
+      c.miss_slots[static_cast<int64_t>(row) * c.max_k + j] = h;
+    } else {
+      where[token] = kEmpty;
+    }
   }
   if (tid == 0) c.miss_count[row] = filled;
   __syncthreads();
   // 5. Each index's hot entry.
   for (int i = tid; i < k; i += nt) {
     int32_t out = s_out[i];
-    if (out == kPendingMiss) {
-      const int rank = s_mrank[HashFind(s_mkeys, l.miss_bits, row_indices[i])];
-      out = rank < filled ? s_victims[rank] : -1;
-    }
+    if (out == kPendingMiss) out = where[row_indices[i]];  // its new entry, or kEmpty past the capacity
     row_out[i] = out;
   }
   // 6. New recency order: touched first, each group in its previous order.
@@ -400,10 +354,14 @@ __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, co
 
 __global__ void ResetSlotKernel(CacheState c, int32_t slot, int32_t layers) {
   const int64_t per_slot = static_cast<int64_t>(layers) * c.capacity;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per_slot;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per_slot; i += stride) {
     c.tokens[slot * per_slot + i] = -1;
     c.order[slot * per_slot + i] = static_cast<int32_t>(i % c.capacity);
+  }
+  const int64_t map_per_slot = static_cast<int64_t>(layers) * c.map_tokens;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < map_per_slot; i += stride) {
+    c.where[slot * map_per_slot + i] = kEmpty;
   }
 }
 
@@ -462,7 +420,7 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
 }
 
 void LaunchResetSlot(const CacheState& c, cudaStream_t stream, int32_t slot, int32_t layers) {
-  ResetSlotKernel<<<64, 256, 0, stream>>>(c, slot, layers);
+  ResetSlotKernel<<<256, 256, 0, stream>>>(c, slot, layers);
 }
 
 }  // namespace sparsekv::cuda

@@ -44,6 +44,8 @@ void LaunchGather(const DeviceTables& t, cudaStream_t stream, int32_t layer, con
 struct CacheState {
   int32_t* tokens = nullptr;  // [max_slots][layers][capacity], -1: empty
   int32_t* order = nullptr;   // [max_slots][layers][capacity], most recent first
+  int32_t* where = nullptr;   // [max_slots][layers][map_tokens]: token -> its hot entry, -1: not hot
+  int64_t map_tokens = 0;     // tokens the map covers (a slot's region may not grow past them)
   uint8_t* hot = nullptr;     // [max_slots][layers][capacity][entry_bytes]
   int32_t* miss_tokens = nullptr;  // [batch][k] scratch
   int32_t* miss_slots = nullptr;   // [batch][k] scratch

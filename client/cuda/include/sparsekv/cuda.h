@@ -17,7 +17,10 @@
 // ResidencyCache keeps, per (batch slot, layer), a hot buffer of `capacity` entries in device
 // memory (exact LRU, as ESS and SGLang/vLLM's HiSparse do), returns for every top-k index its hot
 // entry (the page table a sparse attention kernel such as FlashMLA's consumes) and fetches only
-// the misses from the pool.
+// the misses from the pool. Besides the hot buffers (capacity x entry_bytes per slot and layer)
+// it keeps a token -> hot entry map of 4 bytes per token a slot can hold (DeviceBatchOptions
+// max_tokens, rounded up to 32768) per slot and layer, so a lookup answers hits with one load
+// each instead of rebuilding a hash table. The rows of one lookup must name distinct slots.
 //
 // Leases: Sync, Gather and Lookup check every bound slot's lease on the host before they enqueue
 // work, and EndStep (once per decode step, after its last gather) enqueues a host function that
