@@ -169,6 +169,7 @@ double Overlap(int32_t layer) {
 int main(int argc, char** argv) {
   int64_t budget = int64_t{24} << 30;
   bool budget_given = false;
+  int32_t lookup_blocks = 0;  // ResidencyCacheOptions.blocks_per_row
   std::string sets = "256MiB,1GiB,4GiB,16GiB";
   int reps = 10;
   bool quick = false;
@@ -186,6 +187,7 @@ int main(int argc, char** argv) {
     else if (a == "--quick") quick = true;
     else if (a == "--only") only = value();
     else if (a == "--backing") backing = value();
+    else if (a == "--lookup-blocks") lookup_blocks = std::atoi(value().c_str());
     else {
       std::fprintf(stderr, "usage: sparsekv-gpu-bench [--memory-budget SIZE] [--working-sets LIST] [--reps N] [--quick]\n");
       return 2;
@@ -390,7 +392,8 @@ int main(int argc, char** argv) {
       if (hot_bytes > static_cast<int64_t>(prop.totalGlobalMem) * 7 / 10) {
         Emit(w, "residency_skipped_hbm", static_cast<double>(hot_bytes), "bytes");
       } else {
-        auto cache = ResidencyCache::Create(**batch, {.capacity = 6144, .max_k = kK, .max_batch = b});
+        auto cache = ResidencyCache::Create(
+            **batch, {.capacity = 6144, .max_k = kK, .max_batch = b, .blocks_per_row = lookup_blocks});
         CHECK_OK(cache.status());
         int32_t* d_out = nullptr;
         CHECK_CUDA(cudaMalloc(&d_out, static_cast<size_t>(b) * kK * 4));

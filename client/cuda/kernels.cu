@@ -7,6 +7,7 @@
 // so both can be captured in a CUDA graph and replayed with new indices.
 #include "client/cuda/kernels.h"
 
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 namespace sparsekv::cuda {
@@ -334,6 +335,217 @@ __global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, C
   }
 }
 
+// The same lookup for small batches, where one block per row would leave all but a few SMs idle:
+// a cluster of kCluster blocks per row, each owning a slice of the hot entries (their recency
+// positions and touched flags, in its shared memory, read and written by the others through
+// distributed shared memory) and a slice of the k indices. Cluster-wide scans combine each
+// block's scan with the other blocks' totals. Decisions are the one-block kernel's, entry for
+// entry (the GPU tests run both against the CPU reference).
+constexpr int kCluster = 8;
+constexpr int kClusterThreads = 512;
+
+struct ClusterLayout {
+  int32_t n_slice = 0, k_slice = 0;
+  size_t order, touched, scan, out, misstok, victims, parts, totals, bytes;
+};
+
+ClusterLayout MakeClusterLayout(int32_t capacity, int32_t k) {
+  ClusterLayout l{};
+  l.n_slice = (capacity + kCluster - 1) / kCluster;
+  l.k_slice = (k + kCluster - 1) / kCluster;
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    size_t here = at;
+    at = Align16(at + bytes);
+    return here;
+  };
+  l.order = take(4ul * l.n_slice);
+  l.touched = take(4ul * l.n_slice);
+  l.scan = take(4ul * (l.n_slice > l.k_slice ? l.n_slice : l.k_slice));
+  l.out = take(4ul * l.k_slice);
+  l.misstok = take(4ul * l.k_slice);
+  l.victims = take(4ul * l.k_slice);
+  l.parts = take(4ul * (kClusterThreads / kWarp));
+  l.totals = take(4ul * 3 * kCluster);
+  l.bytes = at;
+  return l;
+}
+
+__global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kClusterThreads)
+    ClusterLookupKernel(DeviceTables t, CacheState c, ClusterLayout l, int32_t layer, const int32_t* __restrict__ indices,
+                        int32_t k, const int32_t* __restrict__ row_slot, int32_t* __restrict__ out_slots, bool count,
+                        DeviceError* error) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ __align__(16) unsigned char smem[];
+  int32_t* s_order = reinterpret_cast<int32_t*>(smem + l.order);
+  int32_t* s_touched = reinterpret_cast<int32_t*>(smem + l.touched);
+  int32_t* s_scan = reinterpret_cast<int32_t*>(smem + l.scan);
+  int32_t* s_out = reinterpret_cast<int32_t*>(smem + l.out);
+  int32_t* s_misstok = reinterpret_cast<int32_t*>(smem + l.misstok);
+  int32_t* s_victims = reinterpret_cast<int32_t*>(smem + l.victims);
+  int32_t* s_parts = reinterpret_cast<int32_t*>(smem + l.parts);
+  int32_t* s_totals = reinterpret_cast<int32_t*>(smem + l.totals);  // [3][kCluster]
+  __shared__ unsigned long long s_hits;
+
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int32_t row = blockIdx.x / kCluster;
+  const int32_t n = c.capacity;
+  const int32_t slot = row_slot[row];
+  const int32_t* row_indices = indices + static_cast<int64_t>(row) * k;
+  int32_t* row_out = out_slots + static_cast<int64_t>(row) * k;
+  const int32_t p0 = min(n, rank * l.n_slice), p1 = min(n, p0 + l.n_slice);  // hot entries / positions owned
+  const int32_t i0 = min(k, rank * l.k_slice), i1 = min(k, i0 + l.k_slice);  // indices (and miss ranks) owned
+  if (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) {  // the same answer in every block of the row
+    for (int i = i0 + tid; i < i1; i += nt) row_out[i] = -1;
+    if (rank == 0 && tid == 0) {
+      c.miss_count[row] = 0;
+      Report(error, kErrorSlot, row, layer, -1, slot, 0);
+    }
+    return;
+  }
+  auto touched = [&](int32_t h) -> int32_t* {
+    const int owner = h / l.n_slice;
+    return cluster.map_shared_rank(s_touched + (h - owner * l.n_slice), owner);
+  };
+  // Publishes this block's total of scan `which` to every block; after cluster.sync() each block
+  // reads the others'.
+  auto publish = [&](int which, int32_t total) {
+    if (tid < kCluster) *cluster.map_shared_rank(s_totals + which * kCluster + rank, tid) = total;
+  };
+  if (tid == 0) s_hits = 0;
+  const int64_t committed = t.committed[slot];
+  const int64_t readable = committed < c.map_tokens ? committed : c.map_tokens;
+  const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * n;
+  int32_t* where = c.where + (static_cast<int64_t>(slot) * t.layers + layer) * c.map_tokens;
+  for (int p = p0 + tid; p < p1; p += nt) {
+    s_order[p - p0] = c.order[cb + p];
+    s_touched[p - p0] = 0;
+  }
+  cluster.sync();
+  // 1. Hits and marked misses of this block's indices.
+  unsigned long long hits = 0;
+  for (int i = i0 + tid; i < i1; i += nt) {
+    const int32_t token = row_indices[i];
+    int32_t out = -1;
+    if (token == -1) {
+    } else if (token < -1 || token >= readable) {
+      Report(error, kErrorIndex, row, layer, token, slot, readable);
+    } else {
+      const int32_t h = where[token];
+      if (h >= 0) {
+        out = h;
+        *touched(h) = 1;
+        ++hits;
+      } else {
+        atomicMin(&where[token], MissMark(i));
+        out = kPendingMiss;
+      }
+    }
+    s_out[i - i0] = out;
+  }
+  cluster.sync();
+  // 2. Ranks of the distinct misses, in order of first appearance across the row.
+  for (int i = i0 + tid; i < i1; i += nt) {
+    int first = 0;
+    if (s_out[i - i0] == kPendingMiss) {
+      first = where[row_indices[i]] == MissMark(i) ? 1 : 0;
+      if (!first) ++hits;
+    }
+    s_scan[i - i0] = first;
+  }
+  __syncthreads();
+  publish(0, BlockExclusiveScan(s_scan, i1 - i0, s_parts));
+  cluster.sync();
+  int32_t miss_before = 0, m = 0;
+  for (int r = 0; r < kCluster; ++r) {
+    miss_before += r < rank ? s_totals[r] : 0;
+    m += s_totals[r];
+  }
+  for (int i = i0 + tid; i < i1; i += nt) {
+    if (s_out[i - i0] != kPendingMiss || where[row_indices[i]] != MissMark(i)) continue;
+    const int32_t j = miss_before + s_scan[i - i0];
+    const int owner = j / l.k_slice;
+    *cluster.map_shared_rank(s_misstok + (j - owner * l.k_slice), owner) = row_indices[i];
+  }
+  // 3. Victims: untouched entries from the least-recently-used end. This block's positions, read
+  //    from the LRU end (u = 0 is position p1 - 1), come after those of every higher rank.
+  const int32_t len = p1 - p0;
+  for (int u = tid; u < len; u += nt) s_scan[u] = *touched(s_order[len - 1 - u]) ? 0 : 1;
+  __syncthreads();
+  publish(1, BlockExclusiveScan(s_scan, len, s_parts));
+  cluster.sync();
+  int32_t untouched_before = 0, untouched = 0;
+  for (int r = 0; r < kCluster; ++r) {
+    untouched_before += r > rank ? s_totals[kCluster + r] : 0;
+    untouched += s_totals[kCluster + r];
+  }
+  for (int u = tid; u < len; u += nt) {
+    const int32_t h = s_order[len - 1 - u];
+    if (*touched(h)) continue;
+    const int32_t j = untouched_before + s_scan[u];
+    if (j >= m) continue;
+    const int owner = j / l.k_slice;
+    *cluster.map_shared_rank(s_victims + (j - owner * l.k_slice), owner) = h;
+  }
+  cluster.sync();
+  // 4. This block's share of the misses moves in.
+  const int32_t filled = m < untouched ? m : untouched;
+  for (int j = i0 + tid; j < min(i1, m); j += nt) {
+    const int32_t token = s_misstok[j - i0];
+    if (j < filled) {
+      const int32_t h = s_victims[j - i0];
+      const int32_t old = c.tokens[cb + h];
+      if (old >= 0 && old < c.map_tokens) where[old] = kEmpty;
+      c.tokens[cb + h] = token;
+      where[token] = h;
+      *touched(h) = 1;
+      c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = token;
+      c.miss_slots[static_cast<int64_t>(row) * c.max_k + j] = h;
+    } else {
+      where[token] = kEmpty;
+    }
+  }
+  if (rank == 0 && tid == 0) {
+    c.miss_count[row] = filled;
+    if (untouched < m) Report(error, kErrorCapacity, row, layer, m, slot, untouched);
+  }
+  cluster.sync();
+  // 5. Each index's hot entry.
+  for (int i = i0 + tid; i < i1; i += nt) {
+    int32_t out = s_out[i - i0];
+    if (out == kPendingMiss) out = where[row_indices[i]];
+    row_out[i] = out;
+  }
+  // 6. New recency order: touched first, each group in its previous order.
+  for (int p = tid; p < len; p += nt) s_scan[p] = *touched(s_order[p]);
+  __syncthreads();
+  publish(2, BlockExclusiveScan(s_scan, len, s_parts));
+  cluster.sync();  // also: no block reads another's shared memory after this
+  int32_t touched_before = 0, touched_total = 0;
+  for (int r = 0; r < kCluster; ++r) {
+    touched_before += r < rank ? s_totals[2 * kCluster + r] : 0;
+    touched_total += s_totals[2 * kCluster + r];
+  }
+  for (int p = tid; p < len; p += nt) {
+    const int32_t h = s_order[p];
+    const int32_t before = touched_before + s_scan[p];  // touched entries ahead of position p0 + p
+    // This position's flag, from the exclusive scan (the others' shared memory is off limits now).
+    const int32_t next = p + 1 < len ? s_scan[p + 1] : s_totals[2 * kCluster + rank];
+    const int32_t at = next != s_scan[p] ? before : touched_total + (p0 + p - before);
+    c.order[cb + at] = h;
+  }
+  if (count) {
+    atomicAdd(&s_hits, hits);
+    __syncthreads();
+    if (tid == 0) {
+      atomicAdd(&c.counters[2 * layer], s_hits);
+      if (rank == 0) atomicAdd(&c.counters[2 * layer + 1], static_cast<unsigned long long>(filled));
+    }
+  }
+}
+
 template <typename V>
 __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ row_slot) {
   const int32_t row = blockIdx.y;
@@ -406,7 +618,22 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
     cudaFuncSetAttribute(LookupKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.bytes));
     raised = l.bytes;
   }
-  LookupKernel<<<batch, kLookupThreads, l.bytes, stream>>>(t, c, l, layer, indices, k, row_slot, out_slots, count, error);
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const bool clustered = c.blocks_per_row == kCluster || (c.blocks_per_row == 0 && batch * kCluster <= sms);
+  if (clustered) {
+    const ClusterLayout cl = MakeClusterLayout(c.capacity, k);
+    static thread_local size_t cluster_raised = 0;
+    if (cl.bytes > cluster_raised) {
+      cudaFuncSetAttribute(ClusterLookupKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cl.bytes));
+      cluster_raised = cl.bytes;
+    }
+    ClusterLookupKernel<<<batch * kCluster, kClusterThreads, cl.bytes, stream>>>(t, c, cl, layer, indices, k, row_slot,
+                                                                                 out_slots, count, error);
+  } else {
+    LookupKernel<<<batch, kLookupThreads, l.bytes, stream>>>(t, c, l, layer, indices, k, row_slot, out_slots, count,
+                                                             error);
+  }
   constexpr int kThreads = 256;
   const int per_row = Blocks(k, kThreads) / (batch > 0 ? batch : 1) + 1;
   dim3 grid(per_row, batch);

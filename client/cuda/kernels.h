@@ -53,6 +53,7 @@ struct CacheState {
   unsigned long long* counters = nullptr;  // [layers][2]: hits, misses
   int32_t capacity = 0;
   int32_t max_batch = 0, max_k = 0;
+  int32_t blocks_per_row = 0;  // lookup: 0 auto, 1 one block per row, 8 a cluster of 8 per row
 };
 // Shared memory one lookup block needs; 0 if the shape cannot fit `limit` bytes.
 size_t LookupSharedBytes(int32_t capacity, int32_t k);

@@ -245,7 +245,11 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
   auto batch = DeviceBatch::Create(*client, {.max_slots = 4, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = 8192});
   REQUIRE(batch.ok());
   const int32_t capacity = 1024, k = 512;
-  auto cache = ResidencyCache::Create(**batch, {.capacity = capacity, .max_k = k, .max_batch = kRows});
+  // Both lookup kernels: one block per row, and a cluster of 8 blocks per row.
+  const int32_t blocks_per_row = GENERATE(1, 8);
+  INFO("blocks per row: " << blocks_per_row);
+  auto cache = ResidencyCache::Create(
+      **batch, {.capacity = capacity, .max_k = k, .max_batch = kRows, .blocks_per_row = blocks_per_row});
   INFO(cache.status().ToString());
   REQUIRE(cache.ok());
   cudaStream_t stream;

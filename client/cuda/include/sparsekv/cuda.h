@@ -108,6 +108,10 @@ struct ResidencyCacheOptions {
   int32_t capacity = 6144;  // hot entries per (slot, layer); >= k of every lookup
   int32_t max_k = 2048;     // largest k a lookup takes
   int32_t max_batch = 64;   // largest batch a lookup takes
+  // Blocks that decide one row's lookup: 1 (one block per row: best when the rows fill the
+  // GPU), 8 (a cluster of 8 blocks sharing the row's state through distributed shared memory:
+  // small batches), 0 (auto: 8 while batch x 8 blocks fit the SMs). Decisions are the same.
+  int32_t blocks_per_row = 0;
 };
 
 struct LayerCounters {
