@@ -506,9 +506,10 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
   c.capacity = options.capacity;
   c.max_batch = options.max_batch;
   c.max_k = options.max_k;
-  if (options.blocks_per_row != 0 && options.blocks_per_row != 1 && options.blocks_per_row != 8) {
+  if (options.blocks_per_row != 0 && options.blocks_per_row != 1 && options.blocks_per_row != 8 &&
+      options.blocks_per_row != 16) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("ResidencyCacheOptions.blocks_per_row %d: want 0 (auto), 1 or 8", options.blocks_per_row));
+        absl::StrFormat("ResidencyCacheOptions.blocks_per_row %d: want 0 (auto), 1, 8 or 16", options.blocks_per_row));
   }
   c.blocks_per_row = options.blocks_per_row;
   const size_t per = static_cast<size_t>(b.max_slots) * b.layers * options.capacity;

@@ -245,8 +245,8 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
   auto batch = DeviceBatch::Create(*client, {.max_slots = 4, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = 8192});
   REQUIRE(batch.ok());
   const int32_t capacity = 1024, k = 512;
-  // Both lookup kernels: one block per row, and a cluster of 8 blocks per row.
-  const int32_t blocks_per_row = GENERATE(1, 8);
+  // Every lookup kernel: one block per row, and clusters of 8 and 16 blocks per row.
+  const int32_t blocks_per_row = GENERATE(1, 8, 16);
   INFO("blocks per row: " << blocks_per_row);
   auto cache = ResidencyCache::Create(
       **batch, {.capacity = capacity, .max_k = k, .max_batch = kRows, .blocks_per_row = blocks_per_row});

@@ -109,8 +109,11 @@ struct ResidencyCacheOptions {
   int32_t max_k = 2048;     // largest k a lookup takes
   int32_t max_batch = 64;   // largest batch a lookup takes
   // Blocks that decide one row's lookup: 1 (one block per row: best when the rows fill the
-  // GPU), 8 (a cluster of 8 blocks sharing the row's state through distributed shared memory:
-  // small batches), 0 (auto: 8 while batch x 8 blocks fit the SMs). Decisions are the same.
+  // GPU), 8 or 16 (a cluster of blocks sharing the row's state through distributed shared
+  // memory: small batches; 16 is Hopper's non-portable size, 8 where it cannot be scheduled),
+  // 0 (auto: 16 while batch x 16 blocks take at most a quarter of the SMs, 8 while batch x 8
+  // fit them, else 1; so on an H100 16 at batch 1-2, 8 up to 16, 1 beyond). Decisions are the
+  // same.
   int32_t blocks_per_row = 0;
 };
 
