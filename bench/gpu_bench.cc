@@ -348,9 +348,11 @@ int main(int argc, char** argv) {
     for (int b : {1, 8, 32, 64}) {
       if (quick && b > 8) continue;
       auto batch = DeviceBatch::Create(*client, {.max_slots = 64, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = shape.context});
-      for (int r = 0; r < distinct; ++r) CHECK_OK((*batch)->Bind(r, regions[r], stream));
+      // A slot per row (rows beyond the distinct regions read one of them again, from a slot of
+      // their own: a slot's hot buffer serves one sequence).
+      for (int r = 0; r < b; ++r) CHECK_OK((*batch)->Bind(r, regions[r % distinct], stream));
       std::vector<int32_t> slot(b);
-      for (int r = 0; r < b; ++r) slot[r] = r % distinct;
+      for (int r = 0; r < b; ++r) slot[r] = r;
       CHECK_CUDA(cudaMemcpy(d_slot, slot.data(), b * 4, cudaMemcpyHostToDevice));
       const std::string w = absl::StrFormat("%s_batch%d", shape.name, b);
       // A trace: per layer, each step keeps ESS's share of the previous step's top-k.

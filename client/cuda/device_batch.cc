@@ -449,6 +449,11 @@ absl::Status DeviceBatch::CheckErrors(cudaStream_t stream) {
     case kErrorSlot:
       return absl::InvalidArgumentError(absl::StrFormat(
           "device gather: row %d names batch slot %d, which has no region bound", e.row, e.slot));
+    case kErrorSharedSlot:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "residency cache: rows %d and %d of one lookup name the same batch slot %d (region '%s'); each row needs a "
+          "slot of its own (a slot's hot buffer serves one sequence); neither row was looked up",
+          std::min(e.index, e.row), std::max(e.index, e.row), e.slot, key));
     case kErrorCapacity:
       return absl::ResourceExhaustedError(absl::StrFormat(
           "residency cache: row %d (slot %d), layer %d: %d distinct misses but only %d evictable hot entries; the "
@@ -506,10 +511,10 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
   c.capacity = options.capacity;
   c.max_batch = options.max_batch;
   c.max_k = options.max_k;
-  if (options.blocks_per_row != 0 && options.blocks_per_row != 1 && options.blocks_per_row != 8 &&
-      options.blocks_per_row != 16) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("ResidencyCacheOptions.blocks_per_row %d: want 0 (auto), 1, 8 or 16", options.blocks_per_row));
+  if (options.blocks_per_row < 0 || options.blocks_per_row > 16 ||
+      (options.blocks_per_row & (options.blocks_per_row - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ResidencyCacheOptions.blocks_per_row %d: want 0 (auto), 1, 2, 4, 8 or 16", options.blocks_per_row));
   }
   c.blocks_per_row = options.blocks_per_row;
   const size_t per = static_cast<size_t>(b.max_slots) * b.layers * options.capacity;

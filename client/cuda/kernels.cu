@@ -193,6 +193,15 @@ LookupLayout MakeLayout(int32_t capacity, int32_t k) {
   return l;
 }
 
+// The first earlier row of the lookup naming `slot` too, or -1. Rows sharing a slot would race
+// on its hot buffer and token map, so such rows are refused (kErrorSharedSlot).
+__device__ __forceinline__ int32_t SharedSlotRow(const int32_t* row_slot, int32_t rows, int32_t row, int32_t slot) {
+  for (int32_t r = 0; r < rows; ++r) {
+    if (r != row && row_slot[r] == slot) return r;
+  }
+  return -1;
+}
+
 // A miss's mark in the token map while a lookup runs: the smallest position wins (atomicMin),
 // below every hot-entry index and below kEmpty.
 __device__ __forceinline__ int32_t MissMark(int i) { return INT32_MIN + i; }
@@ -223,13 +232,20 @@ __global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, C
   if (tid == 0) {
     s_hits = 0;
     s_bad_slot = (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) ? 1 : 0;
+    if (!s_bad_slot) {
+      const int32_t other = SharedSlotRow(row_slot, gridDim.x, row, slot);
+      if (other >= 0) {
+        s_bad_slot = 2;
+        Report(error, kErrorSharedSlot, row, layer, other, slot, 0);
+      }
+    }
   }
   __syncthreads();
   if (s_bad_slot) {
     for (int i = tid; i < k; i += nt) row_out[i] = -1;
     if (tid == 0) {
       c.miss_count[row] = 0;
-      Report(error, kErrorSlot, row, layer, -1, slot, 0);
+      if (s_bad_slot == 1) Report(error, kErrorSlot, row, layer, -1, slot, 0);
     }
     return;
   }
@@ -398,11 +414,14 @@ __global__ void __launch_bounds__(kClusterThreads)
   int32_t* row_out = out_slots + static_cast<int64_t>(row) * k;
   const int32_t p0 = min(n, rank * l.n_slice), p1 = min(n, p0 + l.n_slice);  // hot entries / positions owned
   const int32_t i0 = min(k, rank * l.k_slice), i1 = min(k, i0 + l.k_slice);  // indices (and miss ranks) owned
-  if (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) {  // the same answer in every block of the row
+  const bool unbound = slot < 0 || slot >= t.max_slots || t.base[slot] == 0;
+  const int32_t other = unbound ? -1 : SharedSlotRow(row_slot, gridDim.x / kCluster, row, slot);
+  if (unbound || other >= 0) {  // the same answer in every block of the row
     for (int i = i0 + tid; i < i1; i += nt) row_out[i] = -1;
     if (rank == 0 && tid == 0) {
       c.miss_count[row] = 0;
-      Report(error, kErrorSlot, row, layer, -1, slot, 0);
+      if (unbound) Report(error, kErrorSlot, row, layer, -1, slot, 0);
+      else Report(error, kErrorSharedSlot, row, layer, other, slot, 0);
     }
     return;
   }
@@ -465,7 +484,9 @@ __global__ void __launch_bounds__(kClusterThreads)
     m += s_totals[r];
   }
   for (int i = i0 + tid; i < i1; i += nt) {
-    if (s_out[i - i0] != kPendingMiss || where[row_indices[i]] != MissMark(i)) continue;
+    // First occurrences, read off the scan (every rank below m is written exactly once).
+    const int32_t next = i + 1 < i1 ? s_scan[i + 1 - i0] : s_totals[rank];
+    if (next == s_scan[i - i0]) continue;
     const int32_t j = miss_before + s_scan[i - i0];
     const int owner = j / l.k_slice;
     *cluster.map_shared_rank(s_misstok + (j - owner * l.k_slice), owner) = row_indices[i];
@@ -622,8 +643,9 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   int cluster_size = c.blocks_per_row;
-  // Measured on an H100 (132 SMs): 16-block clusters win at batch 1-2 only; 8-block ones while
-  // the rows' clusters fit the SMs; then one block per row.
+  // Measured on an H100 (132 SMs): 16-block clusters win at batch 1-2, 8-block ones while the
+  // rows' clusters fit the SMs (batch 8: 0.49 x cold vs 0.56 x one block per row); beyond,
+  // one block per row (batch 32: 0.33 x, where 4-block clusters gave 0.39 x).
   if (cluster_size == 0) cluster_size = batch * 16 * 4 <= sms ? 16 : batch * 8 <= sms ? 8 : 1;
   const bool clustered = cluster_size > 1;
   if (clustered) {
@@ -647,8 +669,12 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
     };
     if (cluster_size == 16 && launch(ClusterLookupKernel<16>, 16) == cudaSuccess) {
       // a 16-block cluster (non-portable; Hopper schedules it on one GPC)
+    } else if (cluster_size == 4) {
+      launch(ClusterLookupKernel<4>, 4);
+    } else if (cluster_size == 2) {
+      launch(ClusterLookupKernel<2>, 2);
     } else {
-      (void)cudaGetLastError();  // a device that cannot hold 16-block clusters: 8 (portable)
+      (void)cudaGetLastError();  // 8, or a device that cannot hold 16-block clusters: 8 (portable)
       launch(ClusterLookupKernel<8>, 8);
     }
   } else {

@@ -33,6 +33,7 @@ struct DeviceError {
 inline constexpr uint32_t kErrorIndex = 1;     // index below -1, or at or past the committed length
 inline constexpr uint32_t kErrorSlot = 2;      // a row names a batch slot with no region bound
 inline constexpr uint32_t kErrorCapacity = 3;  // more distinct misses than evictable hot entries
+inline constexpr uint32_t kErrorSharedSlot = 4;  // two rows of one lookup name one slot (index: the other row)
 
 // dst: dense [batch][k][entry_bytes], or, with dst_slots, entry (r, i) at dst_slots[r * k + i].
 void LaunchGather(const DeviceTables& t, cudaStream_t stream, int32_t layer, const int32_t* indices, int32_t batch,

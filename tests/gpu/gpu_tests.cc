@@ -245,8 +245,8 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
   auto batch = DeviceBatch::Create(*client, {.max_slots = 4, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = 8192});
   REQUIRE(batch.ok());
   const int32_t capacity = 1024, k = 512;
-  // Every lookup kernel: one block per row, and clusters of 8 and 16 blocks per row.
-  const int32_t blocks_per_row = GENERATE(1, 8, 16);
+  // Every lookup kernel: one block per row, and clusters of 2, 4, 8 and 16 blocks per row.
+  const int32_t blocks_per_row = GENERATE(1, 2, 4, 8, 16);
   INFO("blocks per row: " << blocks_per_row);
   auto cache = ResidencyCache::Create(
       **batch, {.capacity = capacity, .max_k = k, .max_batch = kRows, .blocks_per_row = blocks_per_row});
@@ -319,6 +319,23 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
     REQUIRE((*counters)[layer].misses == want_misses[layer]);
   }
   REQUIRE((*counters)[1].hits > (*counters)[0].hits);  // the overlap shows
+  // Two rows naming one slot are refused with both rows named, and change nothing.
+  {
+    std::vector<int32_t> tokens_before, order_before, tokens_after, order_after;
+    REQUIRE((*cache)->ReadState(stream, row_slot[1], 0, &tokens_before, &order_before).ok());
+    DeviceArray<int32_t> two_slots(2), two_idx(2 * k), two_out(2 * k);
+    two_slots.Put({row_slot[1], row_slot[1]});
+    two_idx.Put(std::vector<int32_t>(2 * k, 5));
+    REQUIRE((*cache)->Lookup(stream, 0, two_idx.ptr, 2, k, two_slots.ptr, two_out.ptr).ok());
+    auto refused = (*batch)->CheckErrors(stream);
+    CHECK(refused.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(refused.message().find("rows 0 and 1") != std::string::npos);
+    CHECK(refused.message().find("name the same batch slot") != std::string::npos);
+    for (int32_t v : two_out.Get()) CHECK(v == -1);
+    REQUIRE((*cache)->ReadState(stream, row_slot[1], 0, &tokens_after, &order_after).ok());
+    CHECK(tokens_after == tokens_before);
+    CHECK(order_after == order_before);
+  }
   // Warm-up and release.
   REQUIRE((*cache)->ReleaseSlot(stream, row_slot[0]).ok());
   REQUIRE((*cache)->Warm(stream, row_slot[0], 0, {1, 2, 3}).ok());
