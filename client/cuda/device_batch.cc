@@ -449,6 +449,10 @@ absl::Status DeviceBatch::CheckErrors(cudaStream_t stream) {
     case kErrorSlot:
       return absl::InvalidArgumentError(absl::StrFormat(
           "device gather: row %d names batch slot %d, which has no region bound", e.row, e.slot));
+    case kErrorCopyWait:
+      return absl::InternalError(absl::StrFormat(
+          "residency cache: row %d (slot %d), layer %d: the miss copy waited over a second for its lookup; the hot "
+          "buffer may be missing entries (release the slot)", e.row, e.slot, e.layer));
     case kErrorSharedSlot:
       return absl::InvalidArgumentError(absl::StrFormat(
           "residency cache: rows %d and %d of one lookup name the same batch slot %d (region '%s'); each row needs a "
@@ -481,6 +485,10 @@ struct ResidencyCache::Impl {
     cudaFree(state.miss_tokens);
     cudaFree(state.miss_slots);
     cudaFree(state.miss_count);
+    cudaFree(state.miss_m);
+    cudaFree(state.tokens_ready);
+    cudaFree(state.slots_ready);
+    cudaFree(state.done);
     cudaFree(state.counters);
     cudaFree(d_warm_indices);
     cudaFree(d_warm_slot);
@@ -530,12 +538,19 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
   c.miss_tokens = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");
   c.miss_slots = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");
   c.miss_count = DeviceAlloc<int32_t>(options.max_batch, &st, "miss counts");
+  c.miss_m = DeviceAlloc<int32_t>(options.max_batch, &st, "miss counts");
+  c.tokens_ready = DeviceAlloc<int32_t>(options.max_batch, &st, "lookup to copy flags");
+  c.slots_ready = DeviceAlloc<int32_t>(options.max_batch, &st, "lookup to copy flags");
+  c.done = DeviceAlloc<int32_t>(options.max_batch, &st, "copy completion counters");
   c.counters = DeviceAlloc<unsigned long long>(2 * b.layers, &st, "hit and miss counters");
   impl->d_warm_indices = DeviceAlloc<int32_t>(options.max_k, &st, "warm-up indices");
   impl->d_warm_slot = DeviceAlloc<int32_t>(1, &st, "warm-up slot");
   impl->d_warm_out = DeviceAlloc<int32_t>(options.max_k, &st, "warm-up output");
   if (!st.ok()) return st;
   SKV_CUDA_RETURN(cudaMemset(c.counters, 0, sizeof(unsigned long long) * 2 * b.layers), "clearing counters");
+  for (int32_t* flags : {c.tokens_ready, c.slots_ready, c.done}) {
+    SKV_CUDA_RETURN(cudaMemset(flags, 0, sizeof(int32_t) * options.max_batch), "clearing the lookup flags");
+  }
   for (int32_t s = 0; s < b.max_slots; ++s) LaunchResetSlot(c, nullptr, s, b.layers);
   SKV_CUDA_RETURN(cudaDeviceSynchronize(), "initialising the hot buffers");
   return std::unique_ptr<ResidencyCache>(new ResidencyCache(std::move(impl)));

@@ -167,6 +167,22 @@ __device__ int BlockExclusiveScan(int32_t* a, int n, int32_t* parts) {
 constexpr int kLookupThreads = 1024;
 constexpr int32_t kPendingMiss = -2;
 
+// Hand-off between a lookup and its (early-launched) miss copy: data, a fence, then the flag.
+__device__ __forceinline__ void Publish(int32_t* flag) {
+  __threadfence();
+  *reinterpret_cast<volatile int32_t*>(flag) = 1;
+}
+// Waits for a flag (about a second at most: false if it never came).
+__device__ __forceinline__ bool Await(const int32_t* flag) {
+  const long long start = clock64();
+  while (*reinterpret_cast<const volatile int32_t*>(flag) == 0) {
+    if (clock64() - start > (1ll << 31)) return false;
+    __nanosleep(200);
+  }
+  __threadfence();
+  return true;
+}
+
 struct LookupLayout {
   size_t order, touched, scan, out, victims, misstok, parts, bytes;
 };
@@ -222,6 +238,7 @@ __global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, C
   int32_t* s_parts = reinterpret_cast<int32_t*>(smem + l.parts);
   __shared__ unsigned long long s_hits;
   __shared__ int s_bad_slot;
+  cudaTriggerProgrammaticLaunchCompletion();  // the miss copy may start: it waits on the flags
 
   const int tid = threadIdx.x, nt = blockDim.x;
   const int32_t row = blockIdx.x;
@@ -245,7 +262,10 @@ __global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, C
     for (int i = tid; i < k; i += nt) row_out[i] = -1;
     if (tid == 0) {
       c.miss_count[row] = 0;
+      c.miss_m[row] = 0;
       if (s_bad_slot == 1) Report(error, kErrorSlot, row, layer, -1, slot, 0);
+      Publish(&c.tokens_ready[row]);
+      Publish(&c.slots_ready[row]);
     }
     return;
   }
@@ -293,9 +313,17 @@ __global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, C
   __syncthreads();
   const int m = BlockExclusiveScan(s_scan, k, s_parts);
   for (int i = tid; i < k; i += nt) {
-    if (s_out[i] == kPendingMiss && (i + 1 < k ? s_scan[i + 1] : m) != s_scan[i]) s_misstok[s_scan[i]] = row_indices[i];
+    if (s_out[i] == kPendingMiss && (i + 1 < k ? s_scan[i + 1] : m) != s_scan[i]) {
+      s_misstok[s_scan[i]] = row_indices[i];
+      c.miss_tokens[static_cast<int64_t>(row) * c.max_k + s_scan[i]] = row_indices[i];
+    }
   }
+  __threadfence();
   __syncthreads();
+  if (tid == 0) {  // the copy kernel starts reading these misses from the pool now
+    c.miss_m[row] = m;
+    Publish(&c.tokens_ready[row]);
+  }
   // 3. Victims: untouched entries from the least-recently-used end.
   for (int p = tid; p < n; p += nt) s_scan[p] = s_touched[s_order[n - 1 - p]] ? 0 : 1;
   __syncthreads();
@@ -325,7 +353,9 @@ __global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, C
     }
   }
   if (tid == 0) c.miss_count[row] = filled;
+  __threadfence();
   __syncthreads();
+  if (tid == 0) Publish(&c.slots_ready[row]);
   // 5. Each index's hot entry.
   for (int i = tid; i < k; i += nt) {
     int32_t out = s_out[i];
@@ -404,6 +434,7 @@ __global__ void __launch_bounds__(kClusterThreads)
   int32_t* s_parts = reinterpret_cast<int32_t*>(smem + l.parts);
   int32_t* s_totals = reinterpret_cast<int32_t*>(smem + l.totals);  // [3][kCluster]
   __shared__ unsigned long long s_hits;
+  cudaTriggerProgrammaticLaunchCompletion();  // the miss copy may start: it waits on the flags
 
   const int tid = threadIdx.x, nt = blockDim.x;
   const int rank = static_cast<int>(cluster.block_rank());
@@ -420,8 +451,11 @@ __global__ void __launch_bounds__(kClusterThreads)
     for (int i = i0 + tid; i < i1; i += nt) row_out[i] = -1;
     if (rank == 0 && tid == 0) {
       c.miss_count[row] = 0;
+      c.miss_m[row] = 0;
       if (unbound) Report(error, kErrorSlot, row, layer, -1, slot, 0);
       else Report(error, kErrorSharedSlot, row, layer, other, slot, 0);
+      Publish(&c.tokens_ready[row]);
+      Publish(&c.slots_ready[row]);
     }
     return;
   }
@@ -498,6 +532,11 @@ __global__ void __launch_bounds__(kClusterThreads)
   __syncthreads();
   publish(1, BlockExclusiveScan(s_scan, len, s_parts));
   cluster.sync();
+  // The misses are all ranked now: hand them to the copy kernel, which starts reading the pool.
+  for (int j = i0 + tid; j < min(i1, m); j += nt) {
+    c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = s_misstok[j - i0];
+  }
+  __threadfence();
   int32_t untouched_before = 0, untouched = 0;
   for (int r = 0; r < kCluster; ++r) {
     untouched_before += r > rank ? s_totals[kCluster + r] : 0;
@@ -512,6 +551,10 @@ __global__ void __launch_bounds__(kClusterThreads)
     *cluster.map_shared_rank(s_victims + (j - owner * l.k_slice), owner) = h;
   }
   cluster.sync();
+  if (rank == 0 && tid == 0) {  // every block's miss tokens are out: the copy starts reading the pool
+    c.miss_m[row] = m;
+    Publish(&c.tokens_ready[row]);
+  }
   // 4. This block's share of the misses moves in.
   const int32_t filled = m < untouched ? m : untouched;
   for (int j = i0 + tid; j < min(i1, m); j += nt) {
@@ -533,7 +576,9 @@ __global__ void __launch_bounds__(kClusterThreads)
     c.miss_count[row] = filled;
     if (untouched < m) Report(error, kErrorCapacity, row, layer, m, slot, untouched);
   }
+  __threadfence();
   cluster.sync();
+  if (rank == 0 && tid == 0) Publish(&c.slots_ready[row]);
   // 5. Each index's hot entry.
   for (int i = i0 + tid; i < i1; i += nt) {
     int32_t out = s_out[i - i0];
@@ -568,21 +613,63 @@ __global__ void __launch_bounds__(kClusterThreads)
   }
 }
 
+// Copies a row's misses from the pool into their hot entries. Launched right behind the lookup
+// (programmatic dependent launch): each warp reads its first miss from the pool as soon as the
+// lookup has ranked the misses, while the lookup still picks victims, and stores it once the hot
+// entries are known. Without the early launch (other GPUs, graphs) the flags are already set.
 template <typename V>
-__global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ row_slot) {
+__global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ row_slot,
+                                 DeviceError* error) {
+  constexpr int kHeld = 4;  // vectors per lane of the first entry read early
   const int32_t row = blockIdx.y;
-  const int32_t count = c.miss_count[row];
-  const int32_t slot = row_slot[row];
-  if (count == 0 || slot < 0 || slot >= t.max_slots || t.base[slot] == 0) return;
   const int lane = threadIdx.x % kWarp;
   const int vec = t.entry_bytes / static_cast<int>(sizeof(V));
-  const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * c.capacity;
   const int warps = gridDim.x * (blockDim.x / kWarp);
-  for (int j = (blockIdx.x * blockDim.x + threadIdx.x) / kWarp; j < count; j += warps) {
-    const int64_t at = static_cast<int64_t>(row) * c.max_k + j;
-    const int32_t token = c.miss_tokens[at];
-    V* out = reinterpret_cast<V*>(c.hot + (cb + c.miss_slots[at]) * t.entry_bytes);
-    CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token)), vec, lane);
+  const int first = (blockIdx.x * blockDim.x + threadIdx.x) / kWarp;
+  const int32_t slot = row_slot[row];
+  bool ok = Await(&c.tokens_ready[row]);
+  const int32_t m = ok ? c.miss_m[row] : 0;
+  V held[kHeld];
+  const V* first_src = nullptr;
+  if (first < m) {
+    first_src = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, c.miss_tokens[static_cast<int64_t>(row) * c.max_k + first]));
+#pragma unroll
+    for (int q = 0; q < kHeld; ++q) {
+      const int v = lane + q * kWarp;
+      if (v < vec) held[q] = first_src[v];
+    }
+  }
+  ok = ok && Await(&c.slots_ready[row]);
+  if (!ok) {
+    if (lane == 0) Report(error, kErrorCopyWait, row, layer, -1, slot, 0);
+  } else {
+    const int32_t filled = c.miss_count[row];
+    const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * c.capacity;
+    for (int j = first; j < filled; j += warps) {
+      const int64_t at = static_cast<int64_t>(row) * c.max_k + j;
+      V* out = reinterpret_cast<V*>(c.hot + (cb + c.miss_slots[at]) * t.entry_bytes);
+      if (j == first) {
+#pragma unroll
+        for (int q = 0; q < kHeld; ++q) {
+          const int v = lane + q * kWarp;
+          if (v < vec) out[v] = held[q];
+        }
+        for (int v = lane + kHeld * kWarp; v < vec; v += kWarp) out[v] = first_src[v];
+      } else {
+        CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, c.miss_tokens[at])), vec, lane);
+      }
+    }
+  }
+  // The row's last warp clears its flags for the next lookup (which is stream-ordered after us).
+  __syncwarp();
+  if (lane == 0) {
+    __threadfence();
+    if (atomicAdd(&c.done[row], 1) == warps - 1) {
+      c.done[row] = 0;
+      c.tokens_ready[row] = 0;
+      c.slots_ready[row] = 0;
+      __threadfence();
+    }
   }
 }
 
@@ -681,15 +768,28 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
     LookupKernel<<<batch, kLookupThreads, l.bytes, stream>>>(t, c, l, layer, indices, k, row_slot, out_slots, count,
                                                              error);
   }
+  // The copy waits on flags the lookup sets: it must not run if the lookup did not launch.
+  if (cudaPeekAtLastError() != cudaSuccess) return;
   constexpr int kThreads = 256;
   const int per_row = Blocks(k, kThreads) / (batch > 0 ? batch : 1) + 1;
-  dim3 grid(per_row, batch);
+  auto copy = [&](auto kernel) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(per_row, batch);
+    config.blockDim = dim3(kThreads);
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    cudaLaunchKernelEx(&config, kernel, t, c, layer, row_slot, error);
+  };
   if (t.entry_bytes % 16 == 0 && t.stride % 16 == 0) {
-    CopyMissesKernel<uint4><<<grid, kThreads, 0, stream>>>(t, c, layer, row_slot);
+    copy(CopyMissesKernel<uint4>);
   } else if (t.entry_bytes % 4 == 0) {
-    CopyMissesKernel<uint32_t><<<grid, kThreads, 0, stream>>>(t, c, layer, row_slot);
+    copy(CopyMissesKernel<uint32_t>);
   } else {
-    CopyMissesKernel<uint8_t><<<grid, kThreads, 0, stream>>>(t, c, layer, row_slot);
+    copy(CopyMissesKernel<uint8_t>);
   }
 }
 

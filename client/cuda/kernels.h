@@ -33,6 +33,7 @@ struct DeviceError {
 inline constexpr uint32_t kErrorIndex = 1;     // index below -1, or at or past the committed length
 inline constexpr uint32_t kErrorSlot = 2;      // a row names a batch slot with no region bound
 inline constexpr uint32_t kErrorCapacity = 3;  // more distinct misses than evictable hot entries
+inline constexpr uint32_t kErrorCopyWait = 5;  // the miss copy waited over a second for its lookup
 inline constexpr uint32_t kErrorSharedSlot = 4;  // two rows of one lookup name one slot (index: the other row)
 
 // dst: dense [batch][k][entry_bytes], or, with dst_slots, entry (r, i) at dst_slots[r * k + i].
@@ -50,7 +51,15 @@ struct CacheState {
   uint8_t* hot = nullptr;     // [max_slots][layers][capacity][entry_bytes]
   int32_t* miss_tokens = nullptr;  // [batch][k] scratch
   int32_t* miss_slots = nullptr;   // [batch][k] scratch
-  int32_t* miss_count = nullptr;   // [batch] scratch
+  int32_t* miss_count = nullptr;   // [batch] scratch: misses that got a hot entry
+  // The lookup hands its misses to the copy kernel while it still runs (the copy kernel is
+  // launched early, programmatic dependent launch, and reads the pool meanwhile): per row, the
+  // distinct misses, and flags set once the tokens and once the hot entries are known (the copy
+  // kernel's last warp of a row clears them).
+  int32_t* miss_m = nullptr;        // [batch]
+  int32_t* tokens_ready = nullptr;  // [batch]
+  int32_t* slots_ready = nullptr;   // [batch]
+  int32_t* done = nullptr;          // [batch] copy warps finished
   unsigned long long* counters = nullptr;  // [layers][2]: hits, misses
   int32_t capacity = 0;
   int32_t max_batch = 0, max_k = 0;
