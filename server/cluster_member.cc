@@ -71,11 +71,14 @@ ClusterMember::ClusterMember(Options options, RegionTable* table)
       etcd_(std::make_unique<EtcdClient>(options_.url.endpoints, 2000)),
       started_unix_ms_(UnixMs()) {}
 
-absl::StatusOr<std::unique_ptr<ClusterMember>> ClusterMember::Start(Options options, RegionTable* table) {
-  std::unique_ptr<ClusterMember> member(new ClusterMember(std::move(options), table));
-  member->thread_ = std::thread([m = member.get()] { m->Loop(); });
-  member->replicator_ = std::thread([m = member.get()] { m->ReplicationLoop(); });
-  return member;
+absl::StatusOr<std::unique_ptr<ClusterMember>> ClusterMember::Create(Options options, RegionTable* table) {
+  return std::unique_ptr<ClusterMember>(new ClusterMember(std::move(options), table));
+}
+
+void ClusterMember::Run(const std::string& control) {
+  options_.control = control;
+  thread_ = std::thread([this] { Loop(); });
+  replicator_ = std::thread([this] { ReplicationLoop(); });
 }
 
 ClusterMember::~ClusterMember() {
@@ -84,8 +87,8 @@ ClusterMember::~ClusterMember() {
     stop_ = true;
   }
   cv_.notify_all();
-  thread_.join();
-  replicator_.join();
+  if (thread_.joinable()) thread_.join();
+  if (replicator_.joinable()) replicator_.join();
   if (const int64_t lease = lease_.load(); lease != 0 && registered_.load()) {
     // Leaving: the node's record goes at once instead of after the TTL.
     if (auto s = etcd_->Revoke(lease); !s.ok()) SKV_LOG_WARN(kLog, "leaving: %s", s.message());

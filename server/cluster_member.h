@@ -44,8 +44,12 @@ class ClusterMember : public RegionObserver {
     int64_t refresh_ms = 2000;
     std::string token;    // presented to peers when copying replicas
   };
-  // Starts the membership thread; does not wait for etcd (a node starts and serves without it).
-  static absl::StatusOr<std::unique_ptr<ClusterMember>> Start(Options options, RegionTable* table);
+  // Makes the member before the control plane serves (so every create goes through it; until
+  // Run it refuses cluster creates as not registered).
+  static absl::StatusOr<std::unique_ptr<ClusterMember>> Create(Options options, RegionTable* table);
+  // Starts the membership threads once the control plane listens on `control` (HOST:PORT, the
+  // bound port); does not wait for etcd (a node starts and serves without it).
+  void Run(const std::string& control);
   ~ClusterMember() override;  // leaves: revokes the node's lease
 
   // The id from config, else <state_dir>/node_id (written once), else random for this run.

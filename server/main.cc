@@ -113,9 +113,8 @@ void ReloadTenants(const DaemonConfig& running, const DaemonConfig& next, Region
 }
 
 // Joins the cluster named in [cluster]: the node id, the advertised addresses, the token for peers.
-absl::StatusOr<std::unique_ptr<ClusterMember>> StartCluster(const DaemonConfig& config, int tcp_port,
-                                                            const TcpGatherServer* gather, bool fabric, bool verbs,
-                                                            RegionTable* table) {
+absl::StatusOr<std::unique_ptr<ClusterMember>> MakeCluster(const DaemonConfig& config, const TcpGatherServer* gather,
+                                                           bool fabric, bool verbs, RegionTable* table) {
   auto url = ParseClusterUrl(config.cluster_url);
   if (!url.ok()) return absl::InvalidArgumentError(absl::StrCat("cluster.url: ", url.status().message()));
   ClusterMember::Options options;
@@ -123,9 +122,7 @@ absl::StatusOr<std::unique_ptr<ClusterMember>> StartCluster(const DaemonConfig& 
   auto id = ClusterMember::ResolveNodeId(config.cluster_node_id, config.state_dir);
   if (!id.ok()) return id.status();
   options.node_id = *id;
-  if (!config.cluster_advertise.empty()) {
-    options.control = config.cluster_advertise;
-  } else {
+  if (config.cluster_advertise.empty()) {
     if (config.listen.empty()) {
       return absl::InvalidArgumentError("cluster.url needs a TCP control plane (listen.tcp) that peers can dial");
     }
@@ -134,7 +131,6 @@ absl::StatusOr<std::unique_ptr<ClusterMember>> StartCluster(const DaemonConfig& 
       return absl::InvalidArgumentError(absl::StrFormat(
           "listen.tcp %s is a wildcard: set cluster.advertise to the HOST:PORT other nodes dial", config.listen));
     }
-    options.control = absl::StrCat(host, ":", tcp_port);
   }
   if (gather != nullptr) options.data = absl::StrCat(gather->host(), ":", gather->port());
   options.transports.push_back("shm");
@@ -150,9 +146,9 @@ absl::StatusOr<std::unique_ptr<ClusterMember>> StartCluster(const DaemonConfig& 
       return absl::InvalidArgumentError(absl::StrFormat("cluster.token_file %s cannot be read", config.cluster_token_file));
     }
   }
-  SKV_LOG_INFO("cluster", "node %s joins %s, advertising %s (lease %d s, refresh %d ms)", options.node_id,
-               url->ToString(), options.control, options.ttl_s, options.refresh_ms);
-  return ClusterMember::Start(std::move(options), table);
+  SKV_LOG_INFO("cluster", "node %s joins %s (lease %d s, refresh %d ms)", options.node_id, url->ToString(),
+               options.ttl_s, options.refresh_ms);
+  return ClusterMember::Create(std::move(options), table);
 }
 
 void Reload(const std::vector<std::string>& args, RegionTable* table, ControlService* service) {
@@ -567,6 +563,19 @@ int Run(int argc, char** argv) {
     SKV_LOG_INFO("restore", "sealed regions are journaled to %s", journal->path());
   }
 
+  // Cluster membership, in place before the control plane serves: every create claims its key.
+  std::unique_ptr<ClusterMember> cluster;
+  if (!config.cluster_url.empty()) {
+    auto made = MakeCluster(config, gather.get(), fabric != nullptr, verbs != nullptr, &table);
+    if (!made.ok()) {
+      SKV_LOG_ERROR(kLog, "%s", made.status().message());
+      return 1;
+    }
+    cluster = std::move(*made);
+    table.SetObserver(cluster.get());
+    service.SetCluster(cluster.get());
+  }
+
   grpc::ServerBuilder builder;
   int tcp_port = 0;
   if (!config.listen.empty()) {
@@ -602,18 +611,14 @@ int Run(int argc, char** argv) {
     chmod(config.unix_socket.c_str(), 0660);
     SKV_LOG_INFO("control", "gRPC on %s", unix_target);
   }
-  // Cluster membership: after the listeners, so the advertised port is the bound one.
-  std::unique_ptr<ClusterMember> cluster;
-  if (!config.cluster_url.empty()) {
-    auto started_cluster = StartCluster(config, tcp_port, gather.get(), fabric != nullptr, verbs != nullptr, &table);
-    if (!started_cluster.ok()) {
-      SKV_LOG_ERROR(kLog, "%s", started_cluster.status().message());
-      server->Shutdown();
-      return 1;
-    }
-    cluster = std::move(*started_cluster);
-    table.SetObserver(cluster.get());
-    service.SetCluster(cluster.get());
+  // Registration: after the listeners, so the advertised port is the bound one.
+  if (cluster != nullptr) {
+    const std::string control =
+        !config.cluster_advertise.empty()
+            ? config.cluster_advertise
+            : absl::StrCat(config.listen.substr(0, config.listen.rfind(':')), ":", tcp_port);
+    SKV_LOG_INFO("cluster", "node %s advertises %s", cluster->node_id(), control);
+    cluster->Run(control);
   }
   std::unique_ptr<MetricsHttpServer> metrics_http;
   if (!config.metrics_listen.empty()) {
