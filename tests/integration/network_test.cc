@@ -11,6 +11,8 @@
 #include <random>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
+
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/pattern_regions.h"
 
@@ -94,6 +96,8 @@ TEST_CASE("over the network paths: batched fetches and 8 concurrent threads are 
     regions.push_back(*r);
   }
   std::atomic<int64_t> wrong{0}, errors{0};
+  absl::Mutex first_error_mu;
+  std::string first_error;
   std::vector<std::thread> threads;
   for (int th = 0; th < 8; ++th) {
     threads.emplace_back([&, th] {
@@ -106,8 +110,11 @@ TEST_CASE("over the network paths: batched fetches and 8 concurrent threads are 
           for (auto& t : idx[i]) t = static_cast<int32_t>(rng() % 1500);
           items.push_back({regions[i % 4].get(), i % 3, idx[i], absl::MakeSpan(dst[i])});
         }
-        if (!client->FetchBatch(items).ok()) {
-          errors++;
+        if (auto s = client->FetchBatch(items); !s.ok()) {
+          if (errors++ == 0) {
+            absl::MutexLock lock(&first_error_mu);
+            first_error = s.ToString();
+          }
           continue;
         }
         for (int i = 0; i < 12; ++i) wrong += CountWrong(40 + i % 4, i % 3, idx[i], 656, dst[i]);
@@ -115,6 +122,7 @@ TEST_CASE("over the network paths: batched fetches and 8 concurrent threads are 
     });
   }
   for (auto& t : threads) t.join();
+  INFO("first error: " << first_error);
   REQUIRE(errors == 0);
   REQUIRE(wrong == 0);
 }
