@@ -181,40 +181,22 @@ absl::Status ClusterMember::Reconcile() {
   return absl::OkStatus();
 }
 
-absl::Status ClusterMember::ListSelf(const std::string& key, const v1::RegionInfo* local) {
+absl::Status ClusterMember::EditEntry(const std::string& key, const EntryEdit& edit) {
   for (int attempt = 0; attempt < 20; ++attempt) {
     auto kv = etcd_->Get(keys_.region(key));
     if (!kv.ok()) return kv.status();
+    const bool exists = kv->has_value();
     v1::ClusterRegionEntry entry;
-    if (*kv) {
+    if (exists) {
       if (auto s = FromJson((*kv)->value, (*kv)->key, &entry); !s.ok()) return s;
-    } else {
-      entry.set_key(key);
-      entry.set_created_unix_ms(local->created_unix_ms());
     }
-    const bool primary = entry.nodes_size() == 0 || entry.nodes(0) == options_.node_id;
-    if (!Lists(entry, options_.node_id)) {
-      if (entry.nodes_size() > 0) {
-        // Someone else holds this key: join only as an identical sealed copy (a replica back after
-        // a restart).
-        if (!(entry.sealed() && local->sealed() && local->has_checksum() && entry.checksum() == local->checksum())) {
-          return absl::FailedPreconditionError(absl::StrFormat(
-              "region '%s' here differs from the cluster's (held by %s): left out of the directory", key,
-              absl::StrJoin(entry.nodes(), ",")));
-        }
-      }
-      entry.add_nodes(options_.node_id);
-    }
-    if (primary) {
-      entry.set_region_id(local->region_id());
-      entry.set_sealed(local->sealed());
-      entry.set_checksum(local->checksum());
-      entry.set_bytes(local->bytes());
-      entry.set_layers(local->geometry().layers());
-      entry.set_entry_bytes(local->geometry().entry_bytes());
-    }
-    absl::StatusOr<bool> done;
-    if (*kv) {
+    auto change = edit(&entry, exists);
+    if (!change.ok()) return change.status();
+    absl::StatusOr<bool> done = true;
+    if (*change == EntryChange::kNone) return absl::OkStatus();
+    if (*change == EntryChange::kDelete) {
+      if (exists) done = etcd_->DeleteIf(keys_.region(key), (*kv)->mod_revision);
+    } else if (exists) {
       done = etcd_->Swap(keys_.region(key), (*kv)->mod_revision, ToJson(entry));
     } else {
       auto created = etcd_->Create(keys_.region(key), ToJson(entry));
@@ -222,39 +204,59 @@ absl::Status ClusterMember::ListSelf(const std::string& key, const v1::RegionInf
       done = !created->has_value();
     }
     if (!done.ok()) return done.status();
-    if (*done) {
-      if (primary && local->sealed() && entry.replicas() > 1) {
-        {
-          std::lock_guard lock(mu_);
-          replicate_.push_back(key);
-        }
-        cv_.notify_all();
-      }
-      return absl::OkStatus();
-    }
+    if (*done) return absl::OkStatus();
   }
   return absl::AbortedError(absl::StrFormat("region '%s': directory entry kept changing; will retry", key));
 }
 
-absl::Status ClusterMember::UnlistSelf(const std::string& key) {
-  for (int attempt = 0; attempt < 20; ++attempt) {
-    auto kv = etcd_->Get(keys_.region(key));
-    if (!kv.ok()) return kv.status();
-    if (!*kv) return absl::OkStatus();
-    v1::ClusterRegionEntry entry;
-    if (auto s = FromJson((*kv)->value, (*kv)->key, &entry); !s.ok()) return s;
-    if (!Lists(entry, options_.node_id)) return absl::OkStatus();
-    v1::ClusterRegionEntry next = entry;
-    next.clear_nodes();
-    for (const auto& n : entry.nodes()) {
-      if (n != options_.node_id) next.add_nodes(n);
+absl::Status ClusterMember::ListSelf(const std::string& key, const v1::RegionInfo* local) {
+  bool replicate = false;
+  auto listed = EditEntry(key, [&](v1::ClusterRegionEntry* entry, bool exists) -> absl::StatusOr<EntryChange> {
+    if (!exists) {
+      entry->set_key(key);
+      entry->set_created_unix_ms(local->created_unix_ms());
     }
-    auto done = next.nodes_size() == 0 ? etcd_->DeleteIf(keys_.region(key), (*kv)->mod_revision)
-                                       : etcd_->Swap(keys_.region(key), (*kv)->mod_revision, ToJson(next));
-    if (!done.ok()) return done.status();
-    if (*done) return absl::OkStatus();
+    const bool primary = entry->nodes_size() == 0 || entry->nodes(0) == options_.node_id;
+    if (!Lists(*entry, options_.node_id)) {
+      if (entry->nodes_size() > 0) {
+        // Someone else holds this key: join only as an identical sealed copy (a replica back after
+        // a restart).
+        if (!(entry->sealed() && local->sealed() && local->has_checksum() && entry->checksum() == local->checksum())) {
+          return absl::FailedPreconditionError(absl::StrFormat(
+              "region '%s' here differs from the cluster's (held by %s): left out of the directory", key,
+              absl::StrJoin(entry->nodes(), ",")));
+        }
+      }
+      entry->add_nodes(options_.node_id);
+    }
+    if (primary) {
+      entry->set_region_id(local->region_id());
+      entry->set_sealed(local->sealed());
+      entry->set_checksum(local->checksum());
+      entry->set_bytes(local->bytes());
+      entry->set_layers(local->geometry().layers());
+      entry->set_entry_bytes(local->geometry().entry_bytes());
+    }
+    replicate = primary && local->sealed() && entry->replicas() > 1;
+    return EntryChange::kPut;
+  });
+  if (listed.ok() && replicate) {
+    {
+      std::lock_guard lock(mu_);
+      replicate_.push_back(key);
+    }
+    cv_.notify_all();
   }
-  return absl::AbortedError(absl::StrFormat("region '%s': directory entry kept changing; will retry", key));
+  return listed;
+}
+
+absl::Status ClusterMember::UnlistSelf(const std::string& key) {
+  return EditEntry(key, [&](v1::ClusterRegionEntry* entry, bool exists) -> absl::StatusOr<EntryChange> {
+    if (!exists || !Lists(*entry, options_.node_id)) return EntryChange::kNone;
+    auto* nodes = entry->mutable_nodes();
+    nodes->erase(std::remove(nodes->begin(), nodes->end(), options_.node_id), nodes->end());
+    return nodes->empty() ? EntryChange::kDelete : EntryChange::kPut;
+  });
 }
 
 absl::Status ClusterMember::Claim(const v1::CreateRegionRequest& request) {
@@ -644,22 +646,14 @@ absl::Status ClusterMember::CopyTo(const v1::ClusterNode& target, const std::str
                                                target.id()));
   }
   // List the copy (compare-and-swap: the entry may change meanwhile).
-  for (int attempt = 0; attempt < 20; ++attempt) {
-    auto kv = etcd_->Get(keys_.region(key));
-    if (!kv.ok()) return kv.status();
-    if (!*kv) {
-      (void)(*client)->Delete(key);
-      return absl::NotFoundError(absl::StrFormat("region '%s' left the directory while it was copied", key));
-    }
-    v1::ClusterRegionEntry entry;
-    if (auto s = FromJson((*kv)->value, (*kv)->key, &entry); !s.ok()) return s;
-    if (Lists(entry, target.id())) return absl::OkStatus();
-    entry.add_nodes(target.id());
-    auto done = etcd_->Swap(keys_.region(key), (*kv)->mod_revision, ToJson(entry));
-    if (!done.ok()) return done.status();
-    if (*done) return absl::OkStatus();
-  }
-  return absl::AbortedError(absl::StrFormat("region '%s': directory entry kept changing", key));
+  auto listed_copy = EditEntry(key, [&](v1::ClusterRegionEntry* entry, bool exists) -> absl::StatusOr<EntryChange> {
+    if (!exists) return absl::NotFoundError(absl::StrFormat("region '%s' left the directory while it was copied", key));
+    if (Lists(*entry, target.id())) return EntryChange::kNone;
+    entry->add_nodes(target.id());
+    return EntryChange::kPut;
+  });
+  if (listed_copy.code() == absl::StatusCode::kNotFound) (void)(*client)->Delete(key);
+  return listed_copy;
 }
 
 void ClusterMember::FillStats(v1::StatsResponse* stats) {

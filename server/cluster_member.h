@@ -17,6 +17,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -84,7 +85,13 @@ class ClusterMember : public RegionObserver {
   absl::Status Reconcile();
   absl::Status ApplyPending();
   void ReplicationLoop();
-  // Adds or removes this node in the entry of `key` (compare-and-swap, retried).
+  // Read-modify-write of the directory entry of `key` under compare-and-swap, retried while
+  // others change it. `edit` changes the entry (exists: whether there was one) and says what to
+  // store; an error from it stops the update.
+  enum class EntryChange { kNone, kPut, kDelete };
+  using EntryEdit = std::function<absl::StatusOr<EntryChange>(v1::ClusterRegionEntry* entry, bool exists)>;
+  absl::Status EditEntry(const std::string& key, const EntryEdit& edit);
+  // Adds or removes this node in the entry of `key`.
   absl::Status ListSelf(const std::string& key, const v1::RegionInfo* local);
   absl::Status UnlistSelf(const std::string& key);
   absl::Status CopyTo(const v1::ClusterNode& target, const std::string& key, uint64_t checksum, int64_t* bytes);
