@@ -164,7 +164,6 @@ __device__ int BlockExclusiveScan(int32_t* a, int n, int32_t* parts) {
   return total;
 }
 
-constexpr int kLookupThreads = 1024;
 constexpr int32_t kPendingMiss = -2;
 
 // Hand-off between a lookup and its (early-launched) miss copy: data, a fence, then the flag.
@@ -183,31 +182,7 @@ __device__ __forceinline__ bool Await(const int32_t* flag) {
   return true;
 }
 
-struct LookupLayout {
-  size_t order, touched, scan, out, victims, misstok, parts, bytes;
-};
-
 __host__ __device__ inline size_t Align16(size_t x) { return (x + 15) / 16 * 16; }
-
-LookupLayout MakeLayout(int32_t capacity, int32_t k) {
-  LookupLayout l{};
-  size_t at = 0;
-  auto take = [&](size_t bytes) {
-    size_t here = at;
-    at = Align16(at + bytes);
-    return here;
-  };
-  const size_t scan_n = static_cast<size_t>(capacity > k ? capacity : k);
-  l.order = take(4ul * capacity);
-  l.touched = take(4ul * capacity);
-  l.scan = take(4ul * scan_n);
-  l.out = take(4ul * k);
-  l.victims = take(4ul * k);
-  l.misstok = take(4ul * k);
-  l.parts = take(4ul * (kLookupThreads / kWarp));
-  l.bytes = at;
-  return l;
-}
 
 // The first earlier row of the lookup naming `slot` too, or -1. Rows sharing a slot would race
 // on its hot buffer and token map, so such rows are refused (kErrorSharedSlot).
@@ -222,173 +197,17 @@ __device__ __forceinline__ int32_t SharedSlotRow(const int32_t* row_slot, int32_
 // below every hot-entry index and below kEmpty.
 __device__ __forceinline__ int32_t MissMark(int i) { return INT32_MIN + i; }
 
-// One block per batch row. The token -> hot entry map (c.where, kept across steps) answers hits
-// with one load per index, so the block's work is a few passes over k and the capacity, with
-// no hash table to rebuild (the earlier design spent most of its time probing one).
-__global__ void __launch_bounds__(kLookupThreads) LookupKernel(DeviceTables t, CacheState c, LookupLayout l, int32_t layer,
-                             const int32_t* __restrict__ indices, int32_t k, const int32_t* __restrict__ row_slot,
-                             int32_t* __restrict__ out_slots, bool count, DeviceError* error) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  int32_t* s_order = reinterpret_cast<int32_t*>(smem + l.order);
-  int32_t* s_touched = reinterpret_cast<int32_t*>(smem + l.touched);
-  int32_t* s_scan = reinterpret_cast<int32_t*>(smem + l.scan);
-  int32_t* s_out = reinterpret_cast<int32_t*>(smem + l.out);
-  int32_t* s_victims = reinterpret_cast<int32_t*>(smem + l.victims);
-  int32_t* s_misstok = reinterpret_cast<int32_t*>(smem + l.misstok);
-  int32_t* s_parts = reinterpret_cast<int32_t*>(smem + l.parts);
-  __shared__ unsigned long long s_hits;
-  __shared__ int s_bad_slot;
-  cudaTriggerProgrammaticLaunchCompletion();  // the miss copy may start: it waits on the flags
-
-  const int tid = threadIdx.x, nt = blockDim.x;
-  const int32_t row = blockIdx.x;
-  const int32_t n = c.capacity;
-  const int32_t slot = row_slot[row];
-  const int32_t* row_indices = indices + static_cast<int64_t>(row) * k;
-  int32_t* row_out = out_slots + static_cast<int64_t>(row) * k;
-  if (tid == 0) {
-    s_hits = 0;
-    s_bad_slot = (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) ? 1 : 0;
-    if (!s_bad_slot) {
-      const int32_t other = SharedSlotRow(row_slot, gridDim.x, row, slot);
-      if (other >= 0) {
-        s_bad_slot = 2;
-        Report(error, kErrorSharedSlot, row, layer, other, slot, 0);
-      }
-    }
-  }
-  __syncthreads();
-  if (s_bad_slot) {
-    for (int i = tid; i < k; i += nt) row_out[i] = -1;
-    if (tid == 0) {
-      c.miss_count[row] = 0;
-      c.miss_m[row] = 0;
-      if (s_bad_slot == 1) Report(error, kErrorSlot, row, layer, -1, slot, 0);
-      Publish(&c.tokens_ready[row]);
-      Publish(&c.slots_ready[row]);
-    }
-    return;
-  }
-  const int64_t committed = t.committed[slot];
-  const int64_t readable = committed < c.map_tokens ? committed : c.map_tokens;
-  const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * n;
-  int32_t* where = c.where + (static_cast<int64_t>(slot) * t.layers + layer) * c.map_tokens;
-  for (int h = tid; h < n; h += nt) {
-    s_order[h] = c.order[cb + h];
-    s_touched[h] = 0;
-  }
-  __syncthreads();
-  // 1. Hits (one load each), and the misses marked in the map with their first position.
-  unsigned long long hits = 0;
-  for (int i = tid; i < k; i += nt) {
-    const int32_t token = row_indices[i];
-    int32_t out = -1;
-    if (token == -1) {
-      // padding
-    } else if (token < -1 || token >= readable) {
-      Report(error, kErrorIndex, row, layer, token, slot, readable);
-    } else {
-      const int32_t h = where[token];
-      if (h >= 0) {
-        out = h;
-        s_touched[h] = 1;
-        ++hits;
-      } else {
-        atomicMin(&where[token], MissMark(i));
-        out = kPendingMiss;
-      }
-    }
-    s_out[i] = out;
-  }
-  __syncthreads();
-  // 2. Rank the distinct misses in order of first appearance.
-  for (int i = tid; i < k; i += nt) {
-    int first = 0;
-    if (s_out[i] == kPendingMiss) {
-      first = where[row_indices[i]] == MissMark(i) ? 1 : 0;
-      if (!first) ++hits;  // a duplicate of a miss: served by the same fetch
-    }
-    s_scan[i] = first;
-  }
-  __syncthreads();
-  const int m = BlockExclusiveScan(s_scan, k, s_parts);
-  for (int i = tid; i < k; i += nt) {
-    if (s_out[i] == kPendingMiss && (i + 1 < k ? s_scan[i + 1] : m) != s_scan[i]) {
-      s_misstok[s_scan[i]] = row_indices[i];
-      c.miss_tokens[static_cast<int64_t>(row) * c.max_k + s_scan[i]] = row_indices[i];
-    }
-  }
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {  // the copy kernel starts reading these misses from the pool now
-    c.miss_m[row] = m;
-    Publish(&c.tokens_ready[row]);
-  }
-  // 3. Victims: untouched entries from the least-recently-used end.
-  for (int p = tid; p < n; p += nt) s_scan[p] = s_touched[s_order[n - 1 - p]] ? 0 : 1;
-  __syncthreads();
-  const int untouched = BlockExclusiveScan(s_scan, n, s_parts);
-  for (int p = tid; p < n; p += nt) {
-    const int32_t h = s_order[n - 1 - p];
-    if (!s_touched[h] && s_scan[p] < m) s_victims[s_scan[p]] = h;
-  }
-  if (tid == 0 && untouched < m) Report(error, kErrorCapacity, row, layer, m, slot, untouched);
-  __syncthreads();
-  // 4. The misses move in: the map forgets each victim's old token (never one of this step's:
-  //    those were hits) and learns the new one; misses beyond the capacity are unmarked.
-  const int filled = m < untouched ? m : untouched;
-  for (int j = tid; j < m; j += nt) {
-    const int32_t token = s_misstok[j];
-    if (j < filled) {
-      const int32_t h = s_victims[j];
-      const int32_t old = c.tokens[cb + h];
-      if (old >= 0 && old < c.map_tokens) where[old] = kEmpty;
-      c.tokens[cb + h] = token;
-      where[token] = h;
-      s_touched[h] = 1;
-      c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = token;
-      c.miss_slots[static_cast<int64_t>(row) * c.max_k + j] = h;
-    } else {
-      where[token] = kEmpty;
-    }
-  }
-  if (tid == 0) c.miss_count[row] = filled;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) Publish(&c.slots_ready[row]);
-  // 5. Each index's hot entry.
-  for (int i = tid; i < k; i += nt) {
-    int32_t out = s_out[i];
-    if (out == kPendingMiss) out = where[row_indices[i]];  // its new entry, or kEmpty past the capacity
-    row_out[i] = out;
-  }
-  // 6. New recency order: touched first, each group in its previous order.
-  for (int p = tid; p < n; p += nt) s_scan[p] = s_touched[s_order[p]];
-  __syncthreads();
-  const int touched = BlockExclusiveScan(s_scan, n, s_parts);
-  for (int p = tid; p < n; p += nt) {
-    const int32_t h = s_order[p];
-    const int at = s_touched[h] ? s_scan[p] : touched + (p - s_scan[p]);
-    c.order[cb + at] = h;
-  }
-  if (count) {
-    atomicAdd(&s_hits, hits);
-    __syncthreads();
-    if (tid == 0) {
-      atomicAdd(&c.counters[2 * layer], s_hits);
-      atomicAdd(&c.counters[2 * layer + 1], static_cast<unsigned long long>(filled));
-    }
-  }
-}
-
-// The same lookup for small batches, where one block per row would leave all but a few SMs idle:
-// a cluster of kCluster blocks per row, each owning a slice of the hot entries (their recency
-// positions and touched flags, in its shared memory, read and written by the others through
-// distributed shared memory) and a slice of the k indices. Cluster-wide scans combine each
-// block's scan with the other blocks' totals. Decisions are the one-block kernel's, entry for
-// entry (the GPU tests run both against the CPU reference).
+// The lookup: a cluster of kCluster blocks per batch row (1 when the rows fill the GPU; 2-16
+// for small batches, where one block per row would leave all but a few SMs idle), each block
+// owning a slice of the hot entries (their recency positions and touched flags, in its shared
+// memory, read and written by the others through distributed shared memory) and a slice of the
+// k indices. Cluster-wide scans combine each block's scan with the other blocks' totals. The
+// token -> hot entry map (c.where, kept across steps) answers hits with one load per index.
+// Decisions equal ResidencyReference entry for entry, for every cluster size (GPU tests).
 constexpr int kMaxCluster = 16;
-constexpr int kClusterThreads = 512;
+constexpr int kMaxLookupThreads = 1024;
+// Threads per block: a lone block per row takes the most; clusters spread the row already.
+constexpr int LookupThreads(int cluster) { return cluster == 1 ? kMaxLookupThreads : 512; }
 
 struct ClusterLayout {
   int32_t n_slice = 0, k_slice = 0;
@@ -411,14 +230,14 @@ ClusterLayout MakeClusterLayout(int32_t capacity, int32_t k, int cluster) {
   l.out = take(4ul * l.k_slice);
   l.misstok = take(4ul * l.k_slice);
   l.victims = take(4ul * l.k_slice);
-  l.parts = take(4ul * (kClusterThreads / kWarp));
+  l.parts = take(4ul * (kMaxLookupThreads / kWarp));
   l.totals = take(4ul * 3 * kMaxCluster);
   l.bytes = at;
   return l;
 }
 
 template <int kCluster>
-__global__ void __launch_bounds__(kClusterThreads)
+__global__ void __launch_bounds__(LookupThreads(kCluster))
     ClusterLookupKernel(DeviceTables t, CacheState c, ClusterLayout l, int32_t layer, const int32_t* __restrict__ indices,
                         int32_t k, const int32_t* __restrict__ row_slot, int32_t* __restrict__ out_slots, bool count,
                         DeviceError* error) {
@@ -714,19 +533,12 @@ void LaunchGather(const DeviceTables& t, cudaStream_t stream, int32_t layer, con
   }
 }
 
-size_t LookupSharedBytes(int32_t capacity, int32_t k) { return MakeLayout(capacity, k).bytes + 64; }
+size_t LookupSharedBytes(int32_t capacity, int32_t k) { return MakeClusterLayout(capacity, k, 1).bytes + 64; }
 
 void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t stream, int32_t layer,
                   const int32_t* indices, int32_t batch, int32_t k, const int32_t* row_slot, int32_t* out_slots,
                   bool count, DeviceError* error) {
   if (batch == 0 || k == 0) return;
-  const LookupLayout l = MakeLayout(c.capacity, k);
-  // Raise the kernel's shared-memory limit once per size (a driver call, not per launch).
-  static thread_local size_t raised = 0;
-  if (l.bytes > raised) {
-    cudaFuncSetAttribute(LookupKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.bytes));
-    raised = l.bytes;
-  }
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   int cluster_size = c.blocks_per_row;
@@ -734,39 +546,40 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
   // rows' clusters fit the SMs (batch 8: 0.49 x cold vs 0.56 x one block per row); beyond,
   // one block per row (batch 32: 0.33 x, where 4-block clusters gave 0.39 x).
   if (cluster_size == 0) cluster_size = batch * 16 * 4 <= sms ? 16 : batch * 8 <= sms ? 8 : 1;
-  const bool clustered = cluster_size > 1;
-  if (clustered) {
-    auto launch = [&](auto kernel, int cluster) {
-      const ClusterLayout cl = MakeClusterLayout(c.capacity, k, cluster);
+  auto launch = [&](auto kernel, int cluster) {
+    const ClusterLayout cl = MakeClusterLayout(c.capacity, k, cluster);
+    // Raise each kernel's shared-memory limit once per size (a driver call, not per launch).
+    static thread_local size_t raised[kMaxCluster + 1] = {};
+    if (cl.bytes > raised[cluster]) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cl.bytes));
       if (cluster > 8) cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-      cudaLaunchConfig_t config{};
-      config.gridDim = dim3(batch * cluster);
-      config.blockDim = dim3(kClusterThreads);
-      config.dynamicSmemBytes = cl.bytes;
-      config.stream = stream;
-      cudaLaunchAttribute attribute{};
-      attribute.id = cudaLaunchAttributeClusterDimension;
-      attribute.val.clusterDim.x = cluster;
-      attribute.val.clusterDim.y = 1;
-      attribute.val.clusterDim.z = 1;
-      config.attrs = &attribute;
-      config.numAttrs = 1;
-      return cudaLaunchKernelEx(&config, kernel, t, c, cl, layer, indices, k, row_slot, out_slots, count, error);
-    };
-    if (cluster_size == 16 && launch(ClusterLookupKernel<16>, 16) == cudaSuccess) {
-      // a 16-block cluster (non-portable; Hopper schedules it on one GPC)
-    } else if (cluster_size == 4) {
-      launch(ClusterLookupKernel<4>, 4);
-    } else if (cluster_size == 2) {
-      launch(ClusterLookupKernel<2>, 2);
-    } else {
-      (void)cudaGetLastError();  // 8, or a device that cannot hold 16-block clusters: 8 (portable)
-      launch(ClusterLookupKernel<8>, 8);
+      raised[cluster] = cl.bytes;
     }
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(batch * cluster);
+    config.blockDim = dim3(LookupThreads(cluster));
+    config.dynamicSmemBytes = cl.bytes;
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = cluster;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, t, c, cl, layer, indices, k, row_slot, out_slots, count, error);
+  };
+  if (cluster_size == 16 && launch(ClusterLookupKernel<16>, 16) == cudaSuccess) {
+    // a 16-block cluster (non-portable; Hopper schedules it on one GPC)
+  } else if (cluster_size == 1) {
+    launch(ClusterLookupKernel<1>, 1);
+  } else if (cluster_size == 2) {
+    launch(ClusterLookupKernel<2>, 2);
+  } else if (cluster_size == 4) {
+    launch(ClusterLookupKernel<4>, 4);
   } else {
-    LookupKernel<<<batch, kLookupThreads, l.bytes, stream>>>(t, c, l, layer, indices, k, row_slot, out_slots, count,
-                                                             error);
+    (void)cudaGetLastError();  // 8, or a device that cannot hold 16-block clusters: 8 (portable)
+    launch(ClusterLookupKernel<8>, 8);
   }
   // The copy waits on flags the lookup sets: it must not run if the lookup did not launch.
   if (cudaPeekAtLastError() != cudaSuccess) return;
