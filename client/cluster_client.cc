@@ -234,7 +234,7 @@ absl::StatusOr<std::shared_ptr<Region>> ClusterClient::Open(const std::string& k
     return absl::NotFoundError(absl::StrFormat("region '%s' of cluster '%s' is lost: %s", key, url_.name,
                                                absl::StrJoin(why, "; ")));
   }
-  std::stable_sort(live.begin() + (for_write ? live.size() : 0), live.end(),
+  std::stable_sort(live.begin(), live.end(),
                    [&](const v1::ClusterNode* a, const v1::ClusterNode* b) {
                      const bool la = a->host_id() == host_id_, lb = b->host_id() == host_id_;
                      if (la != lb) return la;

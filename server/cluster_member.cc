@@ -210,7 +210,7 @@ absl::Status ClusterMember::EditEntry(const std::string& key, const EntryEdit& e
 }
 
 absl::Status ClusterMember::ListSelf(const std::string& key, const v1::RegionInfo* local) {
-  bool replicate = false;
+  int32_t replicas = 0;  // > 1: copies to make once listed
   auto listed = EditEntry(key, [&](v1::ClusterRegionEntry* entry, bool exists) -> absl::StatusOr<EntryChange> {
     if (!exists) {
       entry->set_key(key);
@@ -237,13 +237,13 @@ absl::Status ClusterMember::ListSelf(const std::string& key, const v1::RegionInf
       entry->set_layers(local->geometry().layers());
       entry->set_entry_bytes(local->geometry().entry_bytes());
     }
-    replicate = primary && local->sealed() && entry->replicas() > 1;
+    replicas = primary && local->sealed() ? entry->replicas() : 0;
     return EntryChange::kPut;
   });
-  if (listed.ok() && replicate) {
+  if (listed.ok() && replicas > 1) {
     {
       std::lock_guard lock(mu_);
-      replicate_.push_back(key);
+      replicate_.emplace_back(key, replicas);
     }
     cv_.notify_all();
   }
@@ -497,20 +497,16 @@ void ClusterMember::Loop() {
 
 void ClusterMember::ReplicationLoop() {
   while (true) {
-    std::string key;
+    v1::ReplicateRegionRequest request;
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !replicate_.empty(); });
       if (stop_) return;
-      key = replicate_.front();
+      request.set_key(replicate_.front().first);
+      request.set_replicas(replicate_.front().second);
       replicate_.pop_front();
     }
-    v1::ReplicateRegionRequest request;
-    request.set_key(key);
-    auto kv = etcd_->Get(keys_.region(key));
-    v1::ClusterRegionEntry entry;
-    if (!kv.ok() || !*kv || !FromJson((*kv)->value, (*kv)->key, &entry).ok()) continue;
-    request.set_replicas(entry.replicas());
+    const std::string& key = request.key();
     auto done = Replicate(request);
     if (!done.ok()) {
       SKV_LOG_WARN(kLog, "region '%s': %s", key, done.status().message());

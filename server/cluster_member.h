@@ -114,7 +114,7 @@ class ClusterMember : public RegionObserver {
   std::set<std::string> claiming_;     // claimed, create in progress
   std::deque<std::string> removed_;    // keys that left this node
   std::deque<v1::RegionInfo> sealed_;  // seals to record
-  std::deque<std::string> replicate_;  // sealed primaries wanting replicas
+  std::deque<std::pair<std::string, int32_t>> replicate_;  // sealed primaries: key, copies wanted
   std::string last_error_;             // why not registered ("" : registered)
   int64_t directory_entries_ = 0;
   int64_t claims_ = 0, claims_refused_ = 0, replicas_copied_ = 0, replica_bytes_ = 0, replica_failures_ = 0;
