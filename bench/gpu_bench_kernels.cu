@@ -24,6 +24,19 @@ __global__ void WarpPerEntryKernel(const uint64_t* __restrict__ src, int64_t ent
   }
 }
 
+// Holds the stream for `us` microseconds (one thread reading the global timer), so that the host
+// can queue what follows before the device reaches it.
+__global__ void HoldKernel(uint64_t ns) {
+  uint64_t start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    __nanosleep(1000);
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
+void HoldStream(cudaStream_t stream, int us) { HoldKernel<<<1, 1, 0, stream>>>(static_cast<uint64_t>(us) * 1000); }
+
 void LaunchFlatGather(const uint64_t* src, int64_t entries, int32_t entry_bytes, void* dst, cudaStream_t stream) {
   const int32_t vec = entry_bytes / 16;
   FlatGatherKernel<<<132 * 8, 256, 0, stream>>>(src, entries, vec, static_cast<uint4*>(dst));

@@ -482,13 +482,11 @@ struct ResidencyCache::Impl {
     cudaFree(state.order);
     cudaFree(state.where);
     cudaFree(state.hot);
-    cudaFree(state.miss_tokens);
-    cudaFree(state.miss_slots);
-    cudaFree(state.miss_count);
-    cudaFree(state.miss_m);
+    cudaFree(state.pending);
     cudaFree(state.tokens_ready);
     cudaFree(state.slots_ready);
     cudaFree(state.done);
+    cudaFree(state.arrived);
     cudaFree(state.counters);
     cudaFree(d_warm_indices);
     cudaFree(d_warm_slot);
@@ -535,13 +533,11 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
   c.where = DeviceAlloc<int32_t>(static_cast<size_t>(b.max_slots) * b.layers * c.map_tokens, &st,
                                  "token map of the hot buffers");
   c.hot = DeviceAlloc<uint8_t>(per * b.entry_bytes, &st, "hot buffers");
-  c.miss_tokens = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");
-  c.miss_slots = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");
-  c.miss_count = DeviceAlloc<int32_t>(options.max_batch, &st, "miss counts");
-  c.miss_m = DeviceAlloc<int32_t>(options.max_batch, &st, "miss counts");
+  c.pending = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");
   c.tokens_ready = DeviceAlloc<int32_t>(options.max_batch, &st, "lookup to copy flags");
   c.slots_ready = DeviceAlloc<int32_t>(options.max_batch, &st, "lookup to copy flags");
   c.done = DeviceAlloc<int32_t>(options.max_batch, &st, "copy completion counters");
+  c.arrived = DeviceAlloc<int32_t>(2 * static_cast<size_t>(options.max_batch), &st, "lookup arrival counters");
   c.counters = DeviceAlloc<unsigned long long>(2 * b.layers, &st, "hit and miss counters");
   impl->d_warm_indices = DeviceAlloc<int32_t>(options.max_k, &st, "warm-up indices");
   impl->d_warm_slot = DeviceAlloc<int32_t>(1, &st, "warm-up slot");
@@ -551,6 +547,7 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
   for (int32_t* flags : {c.tokens_ready, c.slots_ready, c.done}) {
     SKV_CUDA_RETURN(cudaMemset(flags, 0, sizeof(int32_t) * options.max_batch), "clearing the lookup flags");
   }
+  SKV_CUDA_RETURN(cudaMemset(c.arrived, 0, sizeof(int32_t) * 2 * options.max_batch), "clearing the lookup flags");
   for (int32_t s = 0; s < b.max_slots; ++s) LaunchResetSlot(c, nullptr, s, b.layers);
   SKV_CUDA_RETURN(cudaDeviceSynchronize(), "initialising the hot buffers");
   return std::unique_ptr<ResidencyCache>(new ResidencyCache(std::move(impl)));

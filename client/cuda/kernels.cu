@@ -8,6 +8,7 @@
 #include "client/cuda/kernels.h"
 
 #include <cooperative_groups.h>
+#include <algorithm>
 #include <cuda_runtime.h>
 
 namespace sparsekv::cuda {
@@ -126,45 +127,72 @@ __global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __res
 
 // ---- residency cache -------------------------------------------------------------------------
 
-// In-place exclusive scan of a[0, n) in shared memory by the whole block; returns the total.
-__device__ int BlockExclusiveScan(int32_t* a, int n, int32_t* parts) {
-  const int tid = threadIdx.x, nt = blockDim.x;
+// In-place exclusive scans of a[0, na) and b[0, nb) in shared memory, together, by the whole
+// block; returns both totals. `parts` holds 2 * (threads / 32) ints.
+__device__ int2 BlockExclusiveScan2(int32_t* a, int na, int32_t* b, int nb, int32_t* parts) {
+  const int tid = threadIdx.x, nt = blockDim.x, nw = nt / kWarp;
+  const int n = na > nb ? na : nb;
   const int chunk = (n + nt - 1) / nt;
   const int begin = min(n, tid * chunk), end = min(n, begin + chunk);
-  int local = 0;
-  for (int i = begin; i < end; ++i) local += a[i];
-  // Warp-inclusive scan of the per-thread sums, then across warps.
-  int incl = local;
+  int la = 0, lb = 0;
+  for (int i = begin; i < end; ++i) {
+    la += i < na ? a[i] : 0;
+    lb += i < nb ? b[i] : 0;
+  }
+  // Warp-inclusive scans of the per-thread sums, then across warps.
+  int ia = la, ib = lb;
   const int lane = tid % kWarp, warp = tid / kWarp;
   for (int d = 1; d < kWarp; d <<= 1) {
-    int up = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += up;
+    const int ua = __shfl_up_sync(0xffffffffu, ia, d);
+    const int ub = __shfl_up_sync(0xffffffffu, ib, d);
+    if (lane >= d) {
+      ia += ua;
+      ib += ub;
+    }
   }
-  if (lane == kWarp - 1) parts[warp] = incl;
+  if (lane == kWarp - 1) {
+    parts[warp] = ia;
+    parts[nw + warp] = ib;
+  }
   __syncthreads();
   if (warp == 0) {
-    const int nw = nt / kWarp;
-    int v = lane < nw ? parts[lane] : 0;
+    int va = lane < nw ? parts[lane] : 0, vb = lane < nw ? parts[nw + lane] : 0;
     for (int d = 1; d < kWarp; d <<= 1) {
-      int up = __shfl_up_sync(0xffffffffu, v, d);
-      if (lane >= d) v += up;
+      const int ua = __shfl_up_sync(0xffffffffu, va, d);
+      const int ub = __shfl_up_sync(0xffffffffu, vb, d);
+      if (lane >= d) {
+        va += ua;
+        vb += ub;
+      }
     }
-    if (lane < nw) parts[lane] = v;  // inclusive totals per warp
+    if (lane < nw) {  // inclusive totals per warp
+      parts[lane] = va;
+      parts[nw + lane] = vb;
+    }
   }
   __syncthreads();
-  const int before_warp = warp > 0 ? parts[warp - 1] : 0;
-  int running = before_warp + incl - local;
+  int ra = (warp > 0 ? parts[warp - 1] : 0) + ia - la, rb = (warp > 0 ? parts[nw + warp - 1] : 0) + ib - lb;
   for (int i = begin; i < end; ++i) {
-    const int x = a[i];
-    a[i] = running;
-    running += x;
+    if (i < na) {
+      const int x = a[i];
+      a[i] = ra;
+      ra += x;
+    }
+    if (i < nb) {
+      const int x = b[i];
+      b[i] = rb;
+      rb += x;
+    }
   }
-  const int total = parts[nt / kWarp - 1];
+  const int2 total = make_int2(parts[nw - 1], parts[2 * nw - 1]);
   __syncthreads();
   return total;
 }
 
+// A pending miss's entry in the lookup's per-index scratch: kPendingMiss for the first
+// occurrence of its token in the row, kDuplicateBase - f for a repeat of the index at f.
 constexpr int32_t kPendingMiss = -2;
+constexpr int32_t kDuplicateBase = -3;
 
 // Hand-off between a lookup and its (early-launched) miss copy: data, a fence, then the flag.
 __device__ __forceinline__ void Publish(int32_t* flag) {
@@ -180,6 +208,24 @@ __device__ __forceinline__ bool Await(const int32_t* flag) {
   }
   __threadfence();
   return true;
+}
+
+// Called by every thread of a block once its part of a hand-off is written: the last block of
+// the row to arrive (of `blocks`) runs `last` (thread 0) and resets the counter for the next lookup.
+// The block's barrier orders its threads' writes before thread 0's fence, which makes them
+// visible device-wide before the arrival (the pattern of cooperative groups' grid sync).
+// `each` runs first in thread 0 of every block.
+template <typename E, typename F>
+__device__ __forceinline__ void ArriveLast(int32_t* counter, int blocks, E each, F last) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    each();
+    __threadfence();
+    if (atomicAdd(counter, 1) == blocks - 1) {
+      *counter = 0;  // for the next lookup (a kernel boundary away)
+      last();
+    }
+  }
 }
 
 __host__ __device__ inline size_t Align16(size_t x) { return (x + 15) / 16 * 16; }
@@ -199,10 +245,12 @@ __device__ __forceinline__ int32_t MissMark(int i) { return INT32_MIN + i; }
 
 // The lookup: a cluster of kCluster blocks per batch row (1 when the rows fill the GPU; 2-16
 // for small batches, where one block per row would leave all but a few SMs idle), each block
-// owning a slice of the hot entries (their recency positions and touched flags, in its shared
-// memory, read and written by the others through distributed shared memory) and a slice of the
-// k indices. Cluster-wide scans combine each block's scan with the other blocks' totals. The
-// token -> hot entry map (c.where, kept across steps) answers hits with one load per index.
+// owning a slice of the recency positions, of the hot entries' touched flags (in its shared
+// memory, written and read by the others through distributed shared memory) and of the k
+// indices. The token -> hot entry map (c.where, kept across steps) answers hits with one load
+// per index. Four cluster barriers: after loading the order, after marking hits and misses,
+// after one scan that ranks the distinct misses and the untouched entries together (from which
+// every entry's new recency position follows in closed form), and after the victims are known.
 // Decisions equal ResidencyReference entry for entry, for every cluster size (GPU tests).
 constexpr int kMaxCluster = 16;
 constexpr int kMaxLookupThreads = 1024;
@@ -211,7 +259,7 @@ constexpr int LookupThreads(int cluster) { return cluster == 1 ? kMaxLookupThrea
 
 struct ClusterLayout {
   int32_t n_slice = 0, k_slice = 0;
-  size_t order, touched, scan, out, misstok, victims, parts, totals, bytes;
+  size_t order, touched, free, tok, first, out, misstok, victims, parts, totals, bytes;
 };
 
 ClusterLayout MakeClusterLayout(int32_t capacity, int32_t k, int cluster) {
@@ -226,12 +274,14 @@ ClusterLayout MakeClusterLayout(int32_t capacity, int32_t k, int cluster) {
   };
   l.order = take(4ul * l.n_slice);
   l.touched = take(4ul * l.n_slice);
-  l.scan = take(4ul * (l.n_slice > l.k_slice ? l.n_slice : l.k_slice));
+  l.free = take(4ul * l.n_slice);
+  l.tok = take(4ul * l.k_slice);
+  l.first = take(4ul * l.k_slice);
   l.out = take(4ul * l.k_slice);
   l.misstok = take(4ul * l.k_slice);
   l.victims = take(4ul * l.k_slice);
-  l.parts = take(4ul * (kMaxLookupThreads / kWarp));
-  l.totals = take(4ul * 3 * kMaxCluster);
+  l.parts = take(4ul * 2 * (kMaxLookupThreads / kWarp));
+  l.totals = take(4ul * 2 * kMaxCluster);
   l.bytes = at;
   return l;
 }
@@ -244,15 +294,17 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   extern __shared__ __align__(16) unsigned char smem[];
-  int32_t* s_order = reinterpret_cast<int32_t*>(smem + l.order);
-  int32_t* s_touched = reinterpret_cast<int32_t*>(smem + l.touched);
-  int32_t* s_scan = reinterpret_cast<int32_t*>(smem + l.scan);
-  int32_t* s_out = reinterpret_cast<int32_t*>(smem + l.out);
-  int32_t* s_misstok = reinterpret_cast<int32_t*>(smem + l.misstok);
-  int32_t* s_victims = reinterpret_cast<int32_t*>(smem + l.victims);
+  int32_t* s_order = reinterpret_cast<int32_t*>(smem + l.order);      // [n_slice] hot entry at each owned position
+  int32_t* s_touched = reinterpret_cast<int32_t*>(smem + l.touched);  // [n_slice] owned hot entries hit this step
+  int32_t* s_free = reinterpret_cast<int32_t*>(smem + l.free);        // [n_slice] untouched, from the LRU end; scanned
+  int32_t* s_tok = reinterpret_cast<int32_t*>(smem + l.tok);          // [k_slice] owned indices
+  int32_t* s_first = reinterpret_cast<int32_t*>(smem + l.first);      // [k_slice] first occurrence of a miss; scanned
+  int32_t* s_out = reinterpret_cast<int32_t*>(smem + l.out);          // [k_slice] hot entry, -1, or pending
+  int32_t* s_misstok = reinterpret_cast<int32_t*>(smem + l.misstok);  // [k_slice] token of miss rank j (owned ranks)
+  int32_t* s_victims = reinterpret_cast<int32_t*>(smem + l.victims);  // [k_slice] hot entry of miss rank j
   int32_t* s_parts = reinterpret_cast<int32_t*>(smem + l.parts);
-  int32_t* s_totals = reinterpret_cast<int32_t*>(smem + l.totals);  // [3][kCluster]
-  __shared__ unsigned long long s_hits;
+  int32_t* s_totals = reinterpret_cast<int32_t*>(smem + l.totals);  // [2][kCluster]: misses, untouched per block
+  __shared__ unsigned s_hits;
   cudaTriggerProgrammaticLaunchCompletion();  // the miss copy may start: it waits on the flags
 
   const int tid = threadIdx.x, nt = blockDim.x;
@@ -262,45 +314,43 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
   const int32_t slot = row_slot[row];
   const int32_t* row_indices = indices + static_cast<int64_t>(row) * k;
   int32_t* row_out = out_slots + static_cast<int64_t>(row) * k;
-  const int32_t p0 = min(n, rank * l.n_slice), p1 = min(n, p0 + l.n_slice);  // hot entries / positions owned
+  const int32_t p0 = min(n, rank * l.n_slice), p1 = min(n, p0 + l.n_slice);  // positions owned
   const int32_t i0 = min(k, rank * l.k_slice), i1 = min(k, i0 + l.k_slice);  // indices (and miss ranks) owned
+  const int32_t len = p1 - p0, k_len = i1 - i0;
   const bool unbound = slot < 0 || slot >= t.max_slots || t.base[slot] == 0;
   const int32_t other = unbound ? -1 : SharedSlotRow(row_slot, gridDim.x / kCluster, row, slot);
   if (unbound || other >= 0) {  // the same answer in every block of the row
-    for (int i = i0 + tid; i < i1; i += nt) row_out[i] = -1;
-    if (rank == 0 && tid == 0) {
-      c.miss_count[row] = 0;
-      c.miss_m[row] = 0;
+    for (int i = i0 + tid; i < i1; i += nt) {
+      row_out[i] = -1;
+      c.pending[static_cast<int64_t>(row) * c.max_k + i] = -1;
+    }
+    ArriveLast(&c.arrived[2 * row], kCluster, [] {}, [&] {
       if (unbound) Report(error, kErrorSlot, row, layer, -1, slot, 0);
       else Report(error, kErrorSharedSlot, row, layer, other, slot, 0);
       Publish(&c.tokens_ready[row]);
       Publish(&c.slots_ready[row]);
-    }
+    });
     return;
   }
+  // The touched flag of hot entry h, in the shared memory of the block owning h.
   auto touched = [&](int32_t h) -> int32_t* {
     const int owner = h / l.n_slice;
     return cluster.map_shared_rank(s_touched + (h - owner * l.n_slice), owner);
-  };
-  // Publishes this block's total of scan `which` to every block; after cluster.sync() each block
-  // reads the others'.
-  auto publish = [&](int which, int32_t total) {
-    if (tid < kCluster) *cluster.map_shared_rank(s_totals + which * kCluster + rank, tid) = total;
   };
   if (tid == 0) s_hits = 0;
   const int64_t committed = t.committed[slot];
   const int64_t readable = committed < c.map_tokens ? committed : c.map_tokens;
   const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * n;
   int32_t* where = c.where + (static_cast<int64_t>(slot) * t.layers + layer) * c.map_tokens;
-  for (int p = p0 + tid; p < p1; p += nt) {
-    s_order[p - p0] = c.order[cb + p];
-    s_touched[p - p0] = 0;
+  for (int p = tid; p < len; p += nt) {
+    s_order[p] = c.order[cb + p0 + p];
+    s_touched[p] = 0;
   }
-  cluster.sync();
-  // 1. Hits and marked misses of this block's indices.
-  unsigned long long hits = 0;
-  for (int i = i0 + tid; i < i1; i += nt) {
-    const int32_t token = row_indices[i];
+  cluster.sync();  // (1) every block runs and its flags are clear
+  // Hits, and misses marked in the token map (the smallest index of a token wins).
+  unsigned hits = 0;
+  for (int i = tid; i < k_len; i += nt) {
+    const int32_t token = row_indices[i0 + i];
     int32_t out = -1;
     if (token == -1) {
     } else if (token < -1 || token >= readable) {
@@ -312,178 +362,199 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
         *touched(h) = 1;
         ++hits;
       } else {
-        atomicMin(&where[token], MissMark(i));
+        atomicMin(&where[token], MissMark(i0 + i));
         out = kPendingMiss;
       }
     }
-    s_out[i - i0] = out;
+    s_tok[i] = token;
+    s_out[i] = out;
+    c.pending[static_cast<int64_t>(row) * c.max_k + i0 + i] = out == kPendingMiss ? token : -1;
   }
-  cluster.sync();
-  // 2. Ranks of the distinct misses, in order of first appearance across the row.
-  for (int i = i0 + tid; i < i1; i += nt) {
+  cluster.sync();  // (2) hits and marks are in
+  // Every index that missed is known: the copy starts reading the pool.
+  if (rank == 0 && tid == 0) Publish(&c.tokens_ready[row]);
+  // One scan ranks the first occurrences of missed tokens (in index order across the row) and
+  // the untouched hot entries (from the LRU end: u = 0 is position p1 - 1; this block's come
+  // after those of every higher rank).
+  for (int i = tid; i < k_len; i += nt) {
     int first = 0;
-    if (s_out[i - i0] == kPendingMiss) {
-      first = where[row_indices[i]] == MissMark(i) ? 1 : 0;
-      if (!first) ++hits;
+    if (s_out[i] == kPendingMiss) {
+      const int32_t f = where[s_tok[i]] - INT32_MIN;
+      if (f == i0 + i) {
+        first = 1;
+      } else {
+        s_out[i] = kDuplicateBase - f;
+        ++hits;  // a repeat of a miss is served by the same fetch
+      }
     }
-    s_scan[i - i0] = first;
+    s_first[i] = first;
   }
+  for (int u = tid; u < len; u += nt) s_free[u] = *touched(s_order[len - 1 - u]) ? 0 : 1;
   __syncthreads();
-  publish(0, BlockExclusiveScan(s_scan, i1 - i0, s_parts));
-  cluster.sync();
-  int32_t miss_before = 0, m = 0;
+  const int2 mine = BlockExclusiveScan2(s_first, k_len, s_free, len, s_parts);
+  if (tid < kCluster) {
+    int32_t* to = cluster.map_shared_rank(s_totals, tid);
+    to[rank] = mine.x;
+    to[kCluster + rank] = mine.y;
+  }
+  cluster.sync();  // (3) every block's totals are in
+  int32_t miss_before = 0, m = 0, untouched_after = 0, untouched = 0;
   for (int r = 0; r < kCluster; ++r) {
     miss_before += r < rank ? s_totals[r] : 0;
     m += s_totals[r];
-  }
-  for (int i = i0 + tid; i < i1; i += nt) {
-    // First occurrences, read off the scan (every rank below m is written exactly once).
-    const int32_t next = i + 1 < i1 ? s_scan[i + 1 - i0] : s_totals[rank];
-    if (next == s_scan[i - i0]) continue;
-    const int32_t j = miss_before + s_scan[i - i0];
-    const int owner = j / l.k_slice;
-    *cluster.map_shared_rank(s_misstok + (j - owner * l.k_slice), owner) = row_indices[i];
-  }
-  // 3. Victims: untouched entries from the least-recently-used end. This block's positions, read
-  //    from the LRU end (u = 0 is position p1 - 1), come after those of every higher rank.
-  const int32_t len = p1 - p0;
-  for (int u = tid; u < len; u += nt) s_scan[u] = *touched(s_order[len - 1 - u]) ? 0 : 1;
-  __syncthreads();
-  publish(1, BlockExclusiveScan(s_scan, len, s_parts));
-  cluster.sync();
-  // The misses are all ranked now: hand them to the copy kernel, which starts reading the pool.
-  for (int j = i0 + tid; j < min(i1, m); j += nt) {
-    c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = s_misstok[j - i0];
-  }
-  __threadfence();
-  int32_t untouched_before = 0, untouched = 0;
-  for (int r = 0; r < kCluster; ++r) {
-    untouched_before += r > rank ? s_totals[kCluster + r] : 0;
+    untouched_after += r > rank ? s_totals[kCluster + r] : 0;
     untouched += s_totals[kCluster + r];
   }
-  for (int u = tid; u < len; u += nt) {
-    const int32_t h = s_order[len - 1 - u];
-    if (*touched(h)) continue;
-    const int32_t j = untouched_before + s_scan[u];
-    if (j >= m) continue;
-    const int owner = j / l.k_slice;
-    *cluster.map_shared_rank(s_victims + (j - owner * l.k_slice), owner) = h;
-  }
-  cluster.sync();
-  if (rank == 0 && tid == 0) {  // every block's miss tokens are out: the copy starts reading the pool
-    c.miss_m[row] = m;
-    Publish(&c.tokens_ready[row]);
-  }
-  // 4. This block's share of the misses moves in.
   const int32_t filled = m < untouched ? m : untouched;
-  for (int j = i0 + tid; j < min(i1, m); j += nt) {
-    const int32_t token = s_misstok[j - i0];
-    if (j < filled) {
-      const int32_t h = s_victims[j - i0];
+  // Distinct misses: rank j, in the token map's order of first appearance, to the block owning rank j.
+  for (int i = tid; i < k_len; i += nt) {
+    const int32_t next = i + 1 < k_len ? s_first[i + 1] : mine.x;
+    if (next == s_first[i]) continue;
+    const int32_t j = miss_before + s_first[i];
+    const int owner = j / l.k_slice;
+    *cluster.map_shared_rank(s_misstok + (j - owner * l.k_slice), owner) = s_tok[i];
+  }
+  // Victims and the new recency order. Untouched entries from the LRU end are the victims, in
+  // miss rank order; the new order puts touched entries (hits and victims) first, each group in
+  // its previous order. With r(P) the untouched entries at positions >= P, the touched ones before
+  // P number P - untouched + max(r(P), filled), and the untouched ones untouched - max(r(P), filled).
+  for (int u = tid; u < len; u += nt) {
+    const int32_t p = len - 1 - u, pos = p0 + p, h = s_order[p];
+    const int32_t after = untouched_after + s_free[u];  // untouched entries at positions > pos
+    const bool free = (u + 1 < len ? s_free[u + 1] : mine.y) != s_free[u];
+    const bool victim = free && after < filled;
+    if (victim) {
+      const int owner = after / l.k_slice;
+      *cluster.map_shared_rank(s_victims + (after - owner * l.k_slice), owner) = h;
       const int32_t old = c.tokens[cb + h];
       if (old >= 0 && old < c.map_tokens) where[old] = kEmpty;
+    }
+    const int32_t r = after + (free ? 1 : 0);
+    const int32_t at = (!free || victim) ? pos - untouched + max(r, filled) : n + filled - max(r, filled);
+    c.order[cb + at] = h;
+  }
+  cluster.sync();  // (4) victims and miss tokens are in every owner's shared memory
+  // This block's share of the misses moves in.
+  for (int jj = tid; jj < min(k_len, m - i0); jj += nt) {
+    const int32_t j = i0 + jj, token = s_misstok[jj];
+    if (j < filled) {
+      const int32_t h = s_victims[jj];
       c.tokens[cb + h] = token;
       where[token] = h;
-      *touched(h) = 1;
-      c.miss_tokens[static_cast<int64_t>(row) * c.max_k + j] = token;
-      c.miss_slots[static_cast<int64_t>(row) * c.max_k + j] = h;
     } else {
       where[token] = kEmpty;
     }
   }
-  if (rank == 0 && tid == 0) {
-    c.miss_count[row] = filled;
-    if (untouched < m) Report(error, kErrorCapacity, row, layer, m, slot, untouched);
-  }
-  __threadfence();
-  cluster.sync();
-  if (rank == 0 && tid == 0) Publish(&c.slots_ready[row]);
-  // 5. Each index's hot entry.
-  for (int i = i0 + tid; i < i1; i += nt) {
-    int32_t out = s_out[i - i0];
-    if (out == kPendingMiss) out = where[row_indices[i]];
-    row_out[i] = out;
-  }
-  // 6. New recency order: touched first, each group in its previous order.
-  for (int p = tid; p < len; p += nt) s_scan[p] = *touched(s_order[p]);
-  __syncthreads();
-  publish(2, BlockExclusiveScan(s_scan, len, s_parts));
-  cluster.sync();  // also: no block reads another's shared memory after this
-  int32_t touched_before = 0, touched_total = 0;
-  for (int r = 0; r < kCluster; ++r) {
-    touched_before += r < rank ? s_totals[2 * kCluster + r] : 0;
-    touched_total += s_totals[2 * kCluster + r];
-  }
-  for (int p = tid; p < len; p += nt) {
-    const int32_t h = s_order[p];
-    const int32_t before = touched_before + s_scan[p];  // touched entries ahead of position p0 + p
-    // This position's flag, from the exclusive scan (the others' shared memory is off limits now).
-    const int32_t next = p + 1 < len ? s_scan[p + 1] : s_totals[2 * kCluster + rank];
-    const int32_t at = next != s_scan[p] ? before : touched_total + (p0 + p - before);
-    c.order[cb + at] = h;
-  }
-  if (count) {
-    atomicAdd(&s_hits, hits);
-    __syncthreads();
-    if (tid == 0) {
-      atomicAdd(&c.counters[2 * layer], s_hits);
-      if (rank == 0) atomicAdd(&c.counters[2 * layer + 1], static_cast<unsigned long long>(filled));
+  // Each index's hot entry: a miss's from its rank's victim (a repeat's rank from its first occurrence).
+  for (int i = tid; i < k_len; i += nt) {
+    int32_t out = s_out[i];
+    if (out <= kPendingMiss) {
+      const int32_t f = out == kPendingMiss ? i0 + i : kDuplicateBase - out;
+      const int fo = f / l.k_slice;
+      int32_t j = *cluster.map_shared_rank(s_first + (f - fo * l.k_slice), fo);
+      for (int r = 0; r < fo; ++r) j += s_totals[r];
+      const int vo = j / l.k_slice;
+      out = j < filled ? *cluster.map_shared_rank(s_victims + (j - vo * l.k_slice), vo) : -1;
     }
+    row_out[i0 + i] = out;
   }
+  cluster.barrier_arrive();  // done with the others' shared memory (waited for before leaving)
+  if (count) {  // one shared atomic per warp, one global one per block
+    const unsigned warp_hits = __reduce_add_sync(0xffffffffu, hits);
+    if (tid % kWarp == 0 && warp_hits != 0) atomicAdd(&s_hits, warp_hits);
+  }
+  ArriveLast(
+      &c.arrived[2 * row + 1], kCluster,
+      [&] {
+        if (!count) return;
+        atomicAdd(&c.counters[2 * layer], static_cast<unsigned long long>(s_hits));
+        if (rank == 0) atomicAdd(&c.counters[2 * layer + 1], static_cast<unsigned long long>(filled));
+      },
+      [&] {  // every miss has its hot entry: the copy stores
+        if (untouched < m) Report(error, kErrorCapacity, row, layer, m, slot, untouched);
+        Publish(&c.slots_ready[row]);
+      });
+  cluster.barrier_wait();
 }
 
-// Copies a row's misses from the pool into their hot entries. Launched right behind the lookup
-// (programmatic dependent launch): each warp reads its first miss from the pool as soon as the
-// lookup has ranked the misses, while the lookup still picks victims, and stores it once the hot
-// entries are known. Without the early launch (other GPUs, graphs) the flags are already set.
+// Copies a row's misses from the pool into their hot entries: a warp per index (several when
+// the batch is large), reading the pool for the indices that missed (c.pending) and storing at
+// the hot entry the lookup gave them (out_slots). Launched right behind the lookup
+// (programmatic dependent launch): each warp reads its first indices' entries as soon as the
+// lookup has marked the misses, while the lookup still ranks them and picks victims, and stores
+// them once the hot entries are known. Repeats of a missed token in a row store the same bytes
+// to the same entry. Without the early launch (other GPUs, graphs) the flags are already set.
 template <typename V>
 __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ row_slot,
-                                 DeviceError* error) {
-  constexpr int kHeld = 4;  // vectors per lane of the first entry read early
+                                 const int32_t* __restrict__ out_slots, int32_t k, DeviceError* error) {
+  constexpr int kHeld = 4;  // vectors per lane read early: two entries of up to 2 vectors per lane, or one
   const int32_t row = blockIdx.y;
   const int lane = threadIdx.x % kWarp;
   const int vec = t.entry_bytes / static_cast<int>(sizeof(V));
   const int warps = gridDim.x * (blockDim.x / kWarp);
-  const int first = (blockIdx.x * blockDim.x + threadIdx.x) / kWarp;
+  const int w0 = (blockIdx.x * blockDim.x + threadIdx.x) / kWarp;
   const int32_t slot = row_slot[row];
-  bool ok = Await(&c.tokens_ready[row]);
-  const int32_t m = ok ? c.miss_m[row] : 0;
+  const bool bound = slot >= 0 && slot < t.max_slots && t.base[slot] != 0;
+  const int32_t* pending = c.pending + static_cast<int64_t>(row) * c.max_k;
+  const int32_t* outs = out_slots + static_cast<int64_t>(row) * k;
+  const bool two = vec <= 2 * kWarp;  // the first two indices' entries fit the held registers
+  // One thread of the block waits for each flag (thousands of pollers would crowd the lookup's
+  // own memory traffic); the barrier hands the answer to the others.
+  __shared__ int s_ok;
+  if (threadIdx.x == 0) s_ok = Await(&c.tokens_ready[row]);
+  __syncthreads();
+  bool ok = s_ok != 0;
   V held[kHeld];
-  const V* first_src = nullptr;
-  if (first < m) {
-    first_src = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, c.miss_tokens[static_cast<int64_t>(row) * c.max_k + first]));
+  const V* src0 = nullptr;
+  const V* src1 = nullptr;
+  if (ok && bound) {
+    const int32_t t0 = w0 < k ? pending[w0] : -1;
+    const int32_t t1 = two && w0 + warps < k ? pending[w0 + warps] : -1;
+    if (t0 >= 0) src0 = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, t0));
+    if (t1 >= 0) src1 = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, t1));
 #pragma unroll
     for (int q = 0; q < kHeld; ++q) {
-      const int v = lane + q * kWarp;
-      if (v < vec) held[q] = first_src[v];
+      const V* from = two && q >= 2 ? src1 : src0;
+      const int v = lane + (two ? (q & 1) : q) * kWarp;
+      if (from != nullptr && v < vec) held[q] = from[v];
     }
   }
-  ok = ok && Await(&c.slots_ready[row]);
+  __syncthreads();  // every thread has read s_ok
+  if (threadIdx.x == 0) s_ok = ok && Await(&c.slots_ready[row]);
+  __syncthreads();
+  ok = s_ok != 0;
   if (!ok) {
     if (lane == 0) Report(error, kErrorCopyWait, row, layer, -1, slot, 0);
-  } else {
-    const int32_t filled = c.miss_count[row];
+  } else if (bound) {
     const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * c.capacity;
-    for (int j = first; j < filled; j += warps) {
-      const int64_t at = static_cast<int64_t>(row) * c.max_k + j;
-      V* out = reinterpret_cast<V*>(c.hot + (cb + c.miss_slots[at]) * t.entry_bytes);
-      if (j == first) {
+    int e = 0;
+    for (int i = w0; i < k; i += warps, ++e) {
+      const V* held_src = e == 0 ? src0 : (e == 1 && two ? src1 : nullptr);
+      const int32_t token = e == 0 || (e == 1 && two) ? (held_src != nullptr ? 0 : -1) : pending[i];
+      if (token < 0) continue;  // a hit, padding or an error
+      const int32_t h = outs[i];
+      if (h < 0) continue;  // no hot entry (more misses than evictable entries)
+      V* out = reinterpret_cast<V*>(c.hot + (cb + h) * t.entry_bytes);
+      if (held_src == nullptr) {
+        CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token)), vec, lane);
+        continue;
+      }
 #pragma unroll
-        for (int q = 0; q < kHeld; ++q) {
-          const int v = lane + q * kWarp;
-          if (v < vec) out[v] = held[q];
-        }
-        for (int v = lane + kHeld * kWarp; v < vec; v += kWarp) out[v] = first_src[v];
-      } else {
-        CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, c.miss_tokens[at])), vec, lane);
+      for (int q = 0; q < kHeld; ++q) {
+        if (two && (q >= 2) != (e == 1)) continue;
+        const int v = lane + (two ? (q & 1) : q) * kWarp;
+        if (v < vec) out[v] = held[q];
+      }
+      if (!two) {
+        for (int v = lane + kHeld * kWarp; v < vec; v += kWarp) out[v] = held_src[v];
       }
     }
   }
-  // The row's last warp clears its flags for the next lookup (which is stream-ordered after us).
-  __syncwarp();
-  if (lane == 0) {
+  // The row's last block clears its flags for the next lookup (which is stream-ordered after us).
+  __syncthreads();
+  if (threadIdx.x == 0) {
     __threadfence();
-    if (atomicAdd(&c.done[row], 1) == warps - 1) {
+    if (atomicAdd(&c.done[row], 1) == static_cast<int>(gridDim.x) - 1) {
       c.done[row] = 0;
       c.tokens_ready[row] = 0;
       c.slots_ready[row] = 0;
@@ -583,8 +654,11 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
   }
   // The copy waits on flags the lookup sets: it must not run if the lookup did not launch.
   if (cudaPeekAtLastError() != cudaSuccess) return;
+  // A warp per index while the GPU holds them all (48 of an SM's 64 warps, leaving room for the
+  // lookup), fewer (several indices each) for large batches.
   constexpr int kThreads = 256;
-  const int per_row = Blocks(k, kThreads) / (batch > 0 ? batch : 1) + 1;
+  const int64_t row_warps = std::min<int64_t>(k, std::max<int64_t>(1, static_cast<int64_t>(sms) * 48 / batch));
+  const int per_row = static_cast<int>((row_warps + kThreads / kWarp - 1) / (kThreads / kWarp));
   auto copy = [&](auto kernel) {
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(per_row, batch);
@@ -595,7 +669,7 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
     attribute.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attribute;
     config.numAttrs = 1;
-    cudaLaunchKernelEx(&config, kernel, t, c, layer, row_slot, error);
+    cudaLaunchKernelEx(&config, kernel, t, c, layer, row_slot, static_cast<const int32_t*>(out_slots), k, error);
   };
   if (t.entry_bytes % 16 == 0 && t.stride % 16 == 0) {
     copy(CopyMissesKernel<uint4>);

@@ -49,17 +49,15 @@ struct CacheState {
   int32_t* where = nullptr;   // [max_slots][layers][map_tokens]: token -> its hot entry, -1: not hot
   int64_t map_tokens = 0;     // tokens the map covers (a slot's region may not grow past them)
   uint8_t* hot = nullptr;     // [max_slots][layers][capacity][entry_bytes]
-  int32_t* miss_tokens = nullptr;  // [batch][k] scratch
-  int32_t* miss_slots = nullptr;   // [batch][k] scratch
-  int32_t* miss_count = nullptr;   // [batch] scratch: misses that got a hot entry
+  int32_t* pending = nullptr;  // [batch][max_k]: the token of each index that missed, else -1
   // The lookup hands its misses to the copy kernel while it still runs (the copy kernel is
-  // launched early, programmatic dependent launch, and reads the pool meanwhile): per row, the
-  // distinct misses, and flags set once the tokens and once the hot entries are known (the copy
-  // kernel's last warp of a row clears them).
-  int32_t* miss_m = nullptr;        // [batch]
+  // launched early, programmatic dependent launch, and reads the pool meanwhile): per row, flags
+  // set once the misses are marked (pending) and once their hot entries are known (out_slots);
+  // the copy kernel's last block of a row clears them.
   int32_t* tokens_ready = nullptr;  // [batch]
   int32_t* slots_ready = nullptr;   // [batch]
-  int32_t* done = nullptr;          // [batch] copy warps finished
+  int32_t* done = nullptr;          // [batch] copy blocks finished
+  int32_t* arrived = nullptr;       // [batch][2] lookup blocks past the tokens / the slots hand-off
   unsigned long long* counters = nullptr;  // [layers][2]: hits, misses
   int32_t capacity = 0;
   int32_t max_batch = 0, max_k = 0;

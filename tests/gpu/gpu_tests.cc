@@ -288,7 +288,19 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
         REQUIRE(ref[r][layer].Step(idx.data() + r * k, k, kTokens, &result));
         want_hits[layer] += result.hits;
         want_misses[layer] += result.misses;
-        for (int32_t i = 0; i < k; ++i) REQUIRE(slots[r * k + i] == result.slots[i]);
+        int32_t first_wrong = -1, wrong = 0;
+        for (int32_t i = 0; i < k; ++i) {
+          if (slots[r * k + i] != result.slots[i]) {
+            if (first_wrong < 0) first_wrong = i;
+            ++wrong;
+          }
+        }
+        INFO("step " << step << ", layer " << layer << ", row " << r << ": " << wrong << " slots differ, first at index "
+                     << first_wrong << " (token " << (first_wrong >= 0 ? idx[r * k + first_wrong] : 0) << "): got "
+                     << (first_wrong >= 0 ? slots[r * k + first_wrong] : 0) << ", reference "
+                     << (first_wrong >= 0 ? result.slots[first_wrong] : 0) << "; reference hits " << result.hits
+                     << ", misses " << result.misses);
+        REQUIRE(wrong == 0);
       }
       if (step % 10 == 9) {
         // Hot-buffer contents: each index's entry, read through its slot, is the region's bytes.
