@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -42,6 +43,18 @@ struct DeviceArray {
     return v;
   }
 };
+
+// `rows` sealed regions "<prefix><r>" of `tokens` tokens, region r filled with salt + r.
+std::vector<std::shared_ptr<Region>> SealedPatternRegions(Client& client, const std::string& prefix, int rows,
+                                                          int64_t tokens, uint64_t salt) {
+  std::vector<std::shared_ptr<Region>> regions;
+  for (int r = 0; r < rows; ++r) {
+    auto made = MakePatternRegion(client, prefix + std::to_string(r), kLayers, kEntry, tokens, salt + r, true);
+    REQUIRE(made.ok());
+    regions.push_back(*made);
+  }
+  return regions;
+}
 
 // The expected bytes of [rows][k] entries: Region::Fetch for real indices, zeros for -1.
 std::vector<std::byte> Expected(const std::vector<std::shared_ptr<Region>>& rows, int32_t layer,
@@ -191,12 +204,7 @@ TEST_CASE("device gather: an index past the committed length zero-fills, reads n
 TEST_CASE("device gather captured in a CUDA graph and replayed 100 times with new indices equals the eager result", "[gpu]") {
   DaemonFixture daemon({.pool_size = "128MiB"});
   auto client = daemon.NewClient();
-  std::vector<std::shared_ptr<Region>> regions;
-  for (int r = 0; r < 2; ++r) {
-    auto made = MakePatternRegion(*client, "graph" + std::to_string(r), kLayers, kEntry, 2000, 30 + r, true);
-    REQUIRE(made.ok());
-    regions.push_back(*made);
-  }
+  const auto regions = SealedPatternRegions(*client, "graph", 2, 2000, 30);
   auto batch = DeviceBatch::Create(*client, {.max_slots = 2, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = 4096});
   REQUIRE(batch.ok());
   cudaStream_t stream;
@@ -236,12 +244,7 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
   auto client = daemon.NewClient();
   constexpr int kRows = 3;
   constexpr int64_t kTokens = 6000;
-  std::vector<std::shared_ptr<Region>> regions;
-  for (int r = 0; r < kRows; ++r) {
-    auto made = MakePatternRegion(*client, "hot" + std::to_string(r), kLayers, kEntry, kTokens, 50 + r, true);
-    REQUIRE(made.ok());
-    regions.push_back(*made);
-  }
+  const auto regions = SealedPatternRegions(*client, "hot", kRows, kTokens, 50);
   auto batch = DeviceBatch::Create(*client, {.max_slots = 4, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = 8192});
   REQUIRE(batch.ok());
   const int32_t capacity = 1024, k = 512;
@@ -356,6 +359,92 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
   int resident = 0;
   for (int32_t t : tokens) resident += t >= 0 ? 1 : 0;
   REQUIRE(resident == 3);
+  cudaStreamDestroy(stream);
+}
+
+TEST_CASE("residency cache captured in a CUDA graph: a step of lookups replayed with new indices equals the eager cache", "[gpu][residency][graph]") {
+  DaemonFixture daemon({.pool_size = "256MiB"});
+  auto client = daemon.NewClient();
+  constexpr int kRows = 2;
+  constexpr int64_t kTokens = 5000;
+  const auto regions = SealedPatternRegions(*client, "graphhot", kRows, kTokens, 80);
+  auto batch = DeviceBatch::Create(*client, {.max_slots = 4, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = 8192});
+  REQUIRE(batch.ok());
+  const int32_t capacity = 1024, k = 512;
+  auto eager = ResidencyCache::Create(**batch, {.capacity = capacity, .max_k = k, .max_batch = kRows});
+  auto graphed = ResidencyCache::Create(**batch, {.capacity = capacity, .max_k = k, .max_batch = kRows});
+  REQUIRE(eager.ok());
+  REQUIRE(graphed.ok());
+  cudaStream_t stream;
+  REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
+  const std::vector<int32_t> row_slot = {3, 1};
+  for (int r = 0; r < kRows; ++r) REQUIRE((*batch)->Bind(row_slot[r], regions[r], stream).ok());
+  DeviceArray<int32_t> d_slot(kRows);
+  d_slot.Put(row_slot);
+  std::vector<std::unique_ptr<DeviceArray<int32_t>>> d_idx, d_eager, d_graph;  // per layer
+  for (int32_t layer = 0; layer < kLayers; ++layer) {
+    d_idx.push_back(std::make_unique<DeviceArray<int32_t>>(kRows * k));
+    d_eager.push_back(std::make_unique<DeviceArray<int32_t>>(kRows * k));
+    d_graph.push_back(std::make_unique<DeviceArray<int32_t>>(kRows * k));
+  }
+  // One decode step's lookups, every layer, captured once (the host-side checks run at capture).
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  for (int32_t layer = 0; layer < kLayers; ++layer) {
+    REQUIRE((*graphed)->Lookup(stream, layer, d_idx[layer]->ptr, kRows, k, d_slot.ptr, d_graph[layer]->ptr).ok());
+  }
+  REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  std::mt19937 rng(33);
+  std::vector<std::vector<int32_t>> previous(kRows * kLayers);
+  for (int step = 0; step < 40; ++step) {
+    std::vector<std::vector<int32_t>> idx(kLayers, std::vector<int32_t>(kRows * k));
+    for (int32_t layer = 0; layer < kLayers; ++layer) {
+      for (int r = 0; r < kRows; ++r) {
+        auto& prev = previous[r * kLayers + layer];
+        for (int32_t i = 0; i < k; ++i) {
+          int32_t v = !prev.empty() && rng() % 10 < 6 ? prev[rng() % prev.size()] : static_cast<int32_t>(rng() % kTokens);
+          if (i % 50 == 49) v = -1;
+          idx[layer][r * k + i] = v;
+        }
+        prev.assign(idx[layer].begin() + r * k, idx[layer].begin() + (r + 1) * k);
+      }
+      d_idx[layer]->Put(idx[layer]);
+      REQUIRE((*eager)->Lookup(stream, layer, d_idx[layer]->ptr, kRows, k, d_slot.ptr, d_eager[layer]->ptr).ok());
+    }
+    REQUIRE(cudaGraphLaunch(exec, stream) == cudaSuccess);
+    REQUIRE((*batch)->CheckErrors(stream).ok());
+    for (int32_t layer = 0; layer < kLayers; ++layer) {
+      INFO("step " << step << ", layer " << layer);
+      const auto got = d_graph[layer]->Get();
+      REQUIRE(got == d_eager[layer]->Get());
+      if (step % 8 != 7) continue;
+      // The replayed cache's hot entries hold the regions' bytes for every index of the step.
+      for (int r = 0; r < kRows; ++r) {
+        std::vector<std::byte> hot(static_cast<size_t>(capacity) * kEntry), want(kEntry);
+        REQUIRE(cudaMemcpy(hot.data(), (*graphed)->hot_buffer(row_slot[r], layer), hot.size(), cudaMemcpyDeviceToHost) ==
+                cudaSuccess);
+        for (int32_t i = 0; i < k; ++i) {
+          const int32_t t = idx[layer][r * k + i];
+          if (t < 0) continue;
+          FillEntry(80 + r, layer, t, kEntry, want.data());
+          REQUIRE(std::memcmp(hot.data() + static_cast<size_t>(got[r * k + i]) * kEntry, want.data(), kEntry) == 0);
+        }
+      }
+    }
+  }
+  auto a = (*eager)->Counters(stream);
+  auto b = (*graphed)->Counters(stream);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  for (int32_t layer = 0; layer < kLayers; ++layer) {
+    CHECK((*b)[layer].hits == (*a)[layer].hits);
+    CHECK((*b)[layer].misses == (*a)[layer].misses);
+  }
+  CHECK((*b)[1].hits > 0);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
 
