@@ -57,7 +57,7 @@ struct CacheState {
   int32_t* tokens_ready = nullptr;  // [batch]
   int32_t* slots_ready = nullptr;   // [batch]
   int32_t* done = nullptr;          // [batch] copy blocks finished
-  int32_t* arrived = nullptr;       // [batch][2] lookup blocks past the tokens / the slots hand-off
+  int32_t* arrived = nullptr;       // [batch][2] lookup blocks arrived: [0] a refused row's hand-off, [1] the slots'
   unsigned long long* counters = nullptr;  // [layers][2]: hits, misses
   int32_t capacity = 0;
   int32_t max_batch = 0, max_k = 0;
