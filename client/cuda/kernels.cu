@@ -8,8 +8,9 @@
 #include "client/cuda/kernels.h"
 
 #include <cooperative_groups.h>
-#include <algorithm>
 #include <cuda_runtime.h>
+
+#include <algorithm>
 
 namespace sparsekv::cuda {
 namespace {
@@ -477,6 +478,11 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
   cluster.barrier_wait();
 }
 
+// Which entry and vector a lane's held register q carries: with two entries held (each at most
+// two vectors per lane), entry q / 2 and vector lane + (q % 2) * 32; else entry 0, vector lane + q * 32.
+__device__ __forceinline__ int HeldEntry(int q, bool two) { return two ? q / 2 : 0; }
+__device__ __forceinline__ int HeldVector(int q, bool two, int lane) { return lane + (two ? q % 2 : q) * kWarp; }
+
 // Copies a row's misses from the pool into their hot entries: a warp per index (several when
 // the batch is large), reading the pool for the indices that missed (c.pending) and storing at
 // the hot entry the lookup gave them (out_slots). Launched right behind the lookup
@@ -514,8 +520,8 @@ __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, co
     if (t1 >= 0) src1 = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, t1));
 #pragma unroll
     for (int q = 0; q < kHeld; ++q) {
-      const V* from = two && q >= 2 ? src1 : src0;
-      const int v = lane + (two ? (q & 1) : q) * kWarp;
+      const V* from = HeldEntry(q, two) == 0 ? src0 : src1;
+      const int v = HeldVector(q, two, lane);
       if (from != nullptr && v < vec) held[q] = from[v];
     }
   }
@@ -529,6 +535,8 @@ __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, co
     const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * c.capacity;
     int e = 0;
     for (int i = w0; i < k; i += warps, ++e) {
+      // The indices read early missed iff they were read (token 0 stands for "held"); the others
+      // are looked up in pending.
       const V* held_src = e == 0 ? src0 : (e == 1 && two ? src1 : nullptr);
       const int32_t token = e == 0 || (e == 1 && two) ? (held_src != nullptr ? 0 : -1) : pending[i];
       if (token < 0) continue;  // a hit, padding or an error
@@ -541,8 +549,8 @@ __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, co
       }
 #pragma unroll
       for (int q = 0; q < kHeld; ++q) {
-        if (two && (q >= 2) != (e == 1)) continue;
-        const int v = lane + (two ? (q & 1) : q) * kWarp;
+        if (two && HeldEntry(q, two) != e) continue;  // (one entry held: it is entry 0)
+        const int v = HeldVector(q, two, lane);
         if (v < vec) out[v] = held[q];
       }
       if (!two) {
