@@ -11,7 +11,8 @@
 //                     per layer per step, next to the same trace cold
 //
 //   sparsekv-gpu-bench [--memory-budget 24GiB] [--working-sets 256MiB,1GiB,4GiB,16GiB] [--reps N] [--quick]
-//                      [--only ws|shapes] [--backing memfd|memfd-hugetlb]
+//                      [--only ws|shapes] [--backing memfd|memfd-hugetlb] [--contexts ctx32k,ctx128k]
+//                      [--batches 1,8,32,64]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -71,6 +73,29 @@ void Emit(const std::string& workload, const std::string& metric, double value, 
   if (ratio >= 0) absl::StrAppendFormat(&line, R"(,"ratio":%.3f,"ratio_to":"%s")", ratio, ratio_to);
   std::printf("%s}\n", line.c_str());
   std::fflush(stdout);
+}
+
+bool Listed(const std::string& list, const std::string& item) {
+  for (absl::string_view x : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    if (x == item) return true;
+  }
+  return false;
+}
+
+// Least-squares line y = a + b x through the points: {a, b}.
+std::pair<double, double> FitLine(const std::vector<double>& x, const std::vector<double>& y) {
+  const double n = static_cast<double>(x.size());
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    sx += x[i];
+    sy += y[i];
+    sxx += x[i] * x[i];
+    sxy += x[i] * y[i];
+  }
+  const double d = n * sxx - sx * sx;
+  if (n < 2 || d == 0) return {0, 0};
+  const double b = (n * sxy - sx * sy) / d;
+  return {(sy - b * sx) / n, b};
 }
 
 double Median(std::vector<double> v) {
@@ -182,6 +207,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::string only;  // "", "ws" (working sets and baselines) or "shapes"
   std::string backing = "memfd";  // the pool's backing (memfd-hugetlb: 2 MiB pages, fewer IOMMU misses)
+  std::string contexts = "ctx32k,ctx128k", batches = "1,8,32,64";  // the shapes run
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -195,8 +221,13 @@ int main(int argc, char** argv) {
     else if (a == "--only") only = value();
     else if (a == "--backing") backing = value();
     else if (a == "--lookup-blocks") lookup_blocks = std::atoi(value().c_str());
+    else if (a == "--contexts") contexts = value();
+    else if (a == "--batches") batches = value();
     else {
-      std::fprintf(stderr, "usage: sparsekv-gpu-bench [--memory-budget SIZE] [--working-sets LIST] [--reps N] [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: sparsekv-gpu-bench [--memory-budget SIZE] [--working-sets LIST] [--reps N] [--quick]\n"
+                   "                          [--only ws|shapes] [--backing memfd|memfd-hugetlb] [--lookup-blocks N]\n"
+                   "                          [--contexts ctx32k,ctx128k] [--batches 1,8,32,64]\n");
       return 2;
     }
   }
@@ -347,13 +378,13 @@ int main(int argc, char** argv) {
     int64_t context;
   };
   for (Shape shape : {Shape{"ctx32k", 32768}, Shape{"ctx128k", 131072}}) {
-    if ((quick && shape.context > 32768) || only == "ws") continue;
+    if ((quick && shape.context > 32768) || only == "ws" || !Listed(contexts, shape.name)) continue;
     const int64_t region_bytes = shape.context * kLayers * 704;
     const int distinct = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(64, budget * 8 / 10 / region_bytes)));
     std::vector<std::shared_ptr<Region>> regions;
     for (int r = 0; r < distinct; ++r) regions.push_back(MakeRegion(*client, absl::StrFormat("%s-%d", shape.name, r), shape.context, kLayers));
     for (int b : {1, 8, 32, 64}) {
-      if (quick && b > 8) continue;
+      if ((quick && b > 8) || !Listed(batches, std::to_string(b))) continue;
       auto batch = DeviceBatch::Create(*client, {.max_slots = 64, .layers = kLayers, .entry_bytes = kEntry, .max_tokens = shape.context});
       // A slot per row (rows beyond the distinct regions read one of them again, from a slot of
       // their own: a slot's hot buffer serves one sequence).
@@ -489,12 +520,16 @@ int main(int argc, char** argv) {
         for (auto& e : marks) cudaEventDestroy(e);
         uint64_t hits = 0, misses = 0;
         std::vector<double> over_target;  // each layer's time / its target
+        std::vector<double> layer_miss_bytes;
+        double targets_us = 0;  // the sum of the layers' targets
         for (int32_t l = 0; l < kLayers; ++l) {
           hits += counters[l].hits;
           misses += counters[l].misses;
           const double miss_bytes = static_cast<double>(counters[l].misses) * kEntry / (steps - 1);
           const double target_us = miss_bytes / cold_rate * 1e6 + 15;
           over_target.push_back(per_layer_us[l] / target_us);
+          layer_miss_bytes.push_back(miss_bytes);
+          targets_us += target_us;
           if (l == 0 || l == 8 || l == 30 || l == 50) {
             const double rate = static_cast<double>(counters[l].hits) / std::max<uint64_t>(1, counters[l].hits + counters[l].misses);
             Emit(absl::StrFormat("%s_layer%d", w, l), "residency_hit_rate", rate, "fraction");
@@ -515,12 +550,23 @@ int main(int argc, char** argv) {
              static_cast<double>(std::count_if(over_target.begin(), over_target.end(), [](double r) { return r <= 1.0; })) /
                  static_cast<double>(over_target.size()),
              "fraction");
+        // The target's two parts, from a line through the 61 layers' (miss bytes, time): the
+        // intercept is a layer's fixed cost (against the 15 us it is allowed), the slope the
+        // rate its misses move at (against the cold gather's).
+        const auto [fixed_us, us_per_byte] = FitLine(layer_miss_bytes, per_layer_us);
+        Emit(w, "residency_layer_fixed_us", fixed_us, "us", fixed_us / 15, "allowed_15us");
+        Emit(w, "residency_miss_copy_rate", us_per_byte > 0 ? 1e-3 / us_per_byte : 0, "GB/s",
+             us_per_byte > 0 ? 1e6 / us_per_byte / cold_rate : 0, "cold_gather");
         Emit(w, "residency_all_hits_us_per_layer", all_hits_us, "us", all_hits_us / (total_us / kLayers),
              "device_time_per_layer");
         Emit(w, "residency_host_enqueue_per_layer", host_enqueue_us, "us", host_enqueue_us / (total_us / kLayers),
              "device_time_per_layer");
         Emit(w, "residency_step_graph", graph_step_us / 1e3, "ms", graph_step_us / total_us, "residency_step");
         Emit(w, "residency_step_graph_vs_cold", graph_step_us / 1e3, "ms", graph_step_us / 1e6 / cold, "cold_gather_step");
+        // The per-layer target over a whole step: the step from a graph (no event between its
+        // layers, as a decode server runs it) against the sum of its layers' targets.
+        Emit(w, "residency_step_graph_vs_targets", graph_step_us / 1e3, "ms", graph_step_us / targets_us,
+             "sum_of_layer_targets");
         cudaFree(d_out);
       }
       for (auto* p : d_trace) cudaFree(p);

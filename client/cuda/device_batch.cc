@@ -483,7 +483,6 @@ struct ResidencyCache::Impl {
     cudaFree(state.where);
     cudaFree(state.hot);
     cudaFree(state.pending);
-    cudaFree(state.tokens_ready);
     cudaFree(state.slots_ready);
     cudaFree(state.done);
     cudaFree(state.arrived);
@@ -534,7 +533,6 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
                                  "token map of the hot buffers");
   c.hot = DeviceAlloc<uint8_t>(per * b.entry_bytes, &st, "hot buffers");
   c.pending = DeviceAlloc<int32_t>(static_cast<size_t>(options.max_batch) * options.max_k, &st, "miss lists");
-  c.tokens_ready = DeviceAlloc<int32_t>(options.max_batch, &st, "lookup to copy flags");
   c.slots_ready = DeviceAlloc<int32_t>(options.max_batch, &st, "lookup to copy flags");
   c.done = DeviceAlloc<int32_t>(options.max_batch, &st, "copy completion counters");
   c.arrived = DeviceAlloc<int32_t>(2 * static_cast<size_t>(options.max_batch), &st, "lookup arrival counters");
@@ -544,7 +542,7 @@ absl::StatusOr<std::unique_ptr<ResidencyCache>> ResidencyCache::Create(DeviceBat
   impl->d_warm_out = DeviceAlloc<int32_t>(options.max_k, &st, "warm-up output");
   if (!st.ok()) return st;
   SKV_CUDA_RETURN(cudaMemset(c.counters, 0, sizeof(unsigned long long) * 2 * b.layers), "clearing counters");
-  for (int32_t* flags : {c.tokens_ready, c.slots_ready, c.done}) {
+  for (int32_t* flags : {c.slots_ready, c.done}) {
     SKV_CUDA_RETURN(cudaMemset(flags, 0, sizeof(int32_t) * options.max_batch), "clearing the lookup flags");
   }
   SKV_CUDA_RETURN(cudaMemset(c.arrived, 0, sizeof(int32_t) * 2 * options.max_batch), "clearing the lookup flags");

@@ -195,6 +195,18 @@ __device__ int2 BlockExclusiveScan2(int32_t* a, int na, int32_t* b, int nb, int3
 constexpr int32_t kPendingMiss = -2;
 constexpr int32_t kDuplicateBase = -3;
 
+// Lookup blocks resident on each SM (indexed by %smid), for the miss copy: a copy block that
+// shares its SM with a lookup block reads nothing from the pool until the lookup is done, since
+// its reads from host memory (microseconds each over PCIe) would queue the lookup's own loads
+// behind them. A hint only: a stale count costs speed, never correctness.
+constexpr int kMaxSms = 1024;
+__device__ int32_t g_lookups_on_sm[kMaxSms];
+__device__ __forceinline__ int32_t* LookupsOnThisSm() {
+  uint32_t id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return &g_lookups_on_sm[id % kMaxSms];
+}
+
 // Hand-off between a lookup and its (early-launched) miss copy: data, a fence, then the flag.
 __device__ __forceinline__ void Publish(int32_t* flag) {
   __threadfence();
@@ -306,6 +318,11 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
   int32_t* s_parts = reinterpret_cast<int32_t*>(smem + l.parts);
   int32_t* s_totals = reinterpret_cast<int32_t*>(smem + l.totals);  // [2][kCluster]: misses, untouched per block
   __shared__ unsigned s_hits;
+  if (threadIdx.x == 0) {
+    atomicAdd(LookupsOnThisSm(), 1);
+    __threadfence();
+  }
+  __syncthreads();
   cudaTriggerProgrammaticLaunchCompletion();  // the miss copy may start: it waits on the flags
 
   const int tid = threadIdx.x, nt = blockDim.x;
@@ -328,9 +345,9 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
     ArriveLast(&c.arrived[2 * row], kCluster, [] {}, [&] {
       if (unbound) Report(error, kErrorSlot, row, layer, -1, slot, 0);
       else Report(error, kErrorSharedSlot, row, layer, other, slot, 0);
-      Publish(&c.tokens_ready[row]);
       Publish(&c.slots_ready[row]);
     });
+    if (tid == 0) atomicSub(LookupsOnThisSm(), 1);
     return;
   }
   // The touched flag of hot entry h, in the shared memory of the block owning h.
@@ -372,8 +389,6 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
     c.pending[static_cast<int64_t>(row) * c.max_k + i0 + i] = out == kPendingMiss ? token : -1;
   }
   cluster.sync();  // (2) hits and marks are in
-  // Every index that missed is known: the copy starts reading the pool.
-  if (rank == 0 && tid == 0) Publish(&c.tokens_ready[row]);
   // One scan ranks the first occurrences of missed tokens (in index order across the row) and
   // the untouched hot entries (from the LRU end: u = 0 is position p1 - 1; this block's come
   // after those of every higher rank).
@@ -476,6 +491,7 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
         Publish(&c.slots_ready[row]);
       });
   cluster.barrier_wait();
+  if (tid == 0) atomicSub(LookupsOnThisSm(), 1);
 }
 
 // Which entry and vector a lane's held register q carries: with two entries held (each at most
@@ -484,15 +500,20 @@ __device__ __forceinline__ int HeldEntry(int q, bool two) { return two ? q / 2 :
 __device__ __forceinline__ int HeldVector(int q, bool two, int lane) { return lane + (two ? q % 2 : q) * kWarp; }
 
 // Copies a row's misses from the pool into their hot entries: a warp per index (several when
-// the batch is large), reading the pool for the indices that missed (c.pending) and storing at
-// the hot entry the lookup gave them (out_slots). Launched right behind the lookup
-// (programmatic dependent launch): each warp reads its first indices' entries as soon as the
-// lookup has marked the misses, while the lookup still ranks them and picks victims, and stores
-// them once the hot entries are known. Repeats of a missed token in a row store the same bytes
-// to the same entry. Without the early launch (other GPUs, graphs) the flags are already set.
+// the batch is large), storing at the hot entry the lookup gave it (out_slots) the entry of each
+// index that missed (c.pending). Launched right behind the lookup (programmatic dependent
+// launch), each warp reads its first indices' entries into registers at once, before the lookup
+// has decided anything: a token absent from the token map, or marked missing in it by the
+// running lookup, misses for sure (a token the map has may yet be a miss the lookup has already
+// placed; such indices wait for pending). Once the lookup has published the row's hot entries,
+// the held entries are stored and the rest are read and stored. Repeats of a missed token in a
+// row store the same bytes to the same entry. Where the launch is not early, the lookup has
+// finished and the map already places this step's misses: they are all read late.
 template <typename V>
-__global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ row_slot,
-                                 const int32_t* __restrict__ out_slots, int32_t k, DeviceError* error) {
+__global__ void __launch_bounds__(256, 4)
+    CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ indices,
+                     const int32_t* __restrict__ row_slot, const int32_t* __restrict__ out_slots, int32_t k,
+                     DeviceError* error) {
   constexpr int kHeld = 4;  // vectors per lane read early: two entries of up to 2 vectors per lane, or one
   const int32_t row = blockIdx.y;
   const int lane = threadIdx.x % kWarp;
@@ -504,20 +525,25 @@ __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, co
   const int32_t* pending = c.pending + static_cast<int64_t>(row) * c.max_k;
   const int32_t* outs = out_slots + static_cast<int64_t>(row) * k;
   const bool two = vec <= 2 * kWarp;  // the first two indices' entries fit the held registers
-  // One thread of the block waits for each flag (thousands of pollers would crowd the lookup's
-  // own memory traffic); the barrier hands the answer to the others.
-  __shared__ int s_ok;
-  if (threadIdx.x == 0) s_ok = Await(&c.tokens_ready[row]);
+  __shared__ int s_flag;
+  if (threadIdx.x == 0) s_flag = *reinterpret_cast<volatile int32_t*>(LookupsOnThisSm()) == 0;
   __syncthreads();
-  bool ok = s_ok != 0;
   V held[kHeld];
   const V* src0 = nullptr;
   const V* src1 = nullptr;
-  if (ok && bound) {
-    const int32_t t0 = w0 < k ? pending[w0] : -1;
-    const int32_t t1 = two && w0 + warps < k ? pending[w0 + warps] : -1;
-    if (t0 >= 0) src0 = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, t0));
-    if (t1 >= 0) src1 = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, t1));
+  if (s_flag != 0 && bound) {  // no lookup block on this SM: read the sure misses now
+    const int64_t committed = t.committed[slot];
+    const int64_t readable = committed < c.map_tokens ? committed : c.map_tokens;
+    const int32_t* where = c.where + (static_cast<int64_t>(slot) * t.layers + layer) * c.map_tokens;
+    const int32_t* row_indices = indices + static_cast<int64_t>(row) * k;
+    auto sure_miss = [&](int i) -> const V* {
+      const int32_t token = i < k ? row_indices[i] : -1;
+      if (token < 0 || token >= readable) return nullptr;  // padding, or an error the lookup reports
+      if (*reinterpret_cast<const volatile int32_t*>(&where[token]) >= 0) return nullptr;
+      return reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token));
+    };
+    src0 = sure_miss(w0);
+    if (two) src1 = sure_miss(w0 + warps);
 #pragma unroll
     for (int q = 0; q < kHeld; ++q) {
       const V* from = HeldEntry(q, two) == 0 ? src0 : src1;
@@ -525,20 +551,21 @@ __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, co
       if (from != nullptr && v < vec) held[q] = from[v];
     }
   }
-  __syncthreads();  // every thread has read s_ok
-  if (threadIdx.x == 0) s_ok = ok && Await(&c.slots_ready[row]);
+  // One thread of the block waits for the flag (thousands of pollers would crowd the lookup's
+  // own memory traffic); the barrier hands the answer to the others.
+  __syncthreads();  // every thread has read s_flag
+  if (threadIdx.x == 0) s_flag = Await(&c.slots_ready[row]);
   __syncthreads();
-  ok = s_ok != 0;
-  if (!ok) {
+  if (s_flag == 0) {
     if (lane == 0) Report(error, kErrorCopyWait, row, layer, -1, slot, 0);
   } else if (bound) {
     const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * c.capacity;
     int e = 0;
     for (int i = w0; i < k; i += warps, ++e) {
-      // The indices read early missed iff they were read (token 0 stands for "held"); the others
-      // are looked up in pending.
+      // An entry held from the early read missed for sure; the others are looked up in pending
+      // (token 0 below stands for "held").
       const V* held_src = e == 0 ? src0 : (e == 1 && two ? src1 : nullptr);
-      const int32_t token = e == 0 || (e == 1 && two) ? (held_src != nullptr ? 0 : -1) : pending[i];
+      const int32_t token = held_src != nullptr ? 0 : pending[i];
       if (token < 0) continue;  // a hit, padding or an error
       const int32_t h = outs[i];
       if (h < 0) continue;  // no hot entry (more misses than evictable entries)
@@ -558,13 +585,12 @@ __global__ void CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, co
       }
     }
   }
-  // The row's last block clears its flags for the next lookup (which is stream-ordered after us).
+  // The row's last block clears its flag for the next lookup (which is stream-ordered after us).
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
     if (atomicAdd(&c.done[row], 1) == static_cast<int>(gridDim.x) - 1) {
       c.done[row] = 0;
-      c.tokens_ready[row] = 0;
       c.slots_ready[row] = 0;
       __threadfence();
     }
@@ -677,7 +703,7 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
     attribute.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attribute;
     config.numAttrs = 1;
-    cudaLaunchKernelEx(&config, kernel, t, c, layer, row_slot, static_cast<const int32_t*>(out_slots), k, error);
+    cudaLaunchKernelEx(&config, kernel, t, c, layer, indices, row_slot, static_cast<const int32_t*>(out_slots), k, error);
   };
   if (t.entry_bytes % 16 == 0 && t.stride % 16 == 0) {
     copy(CopyMissesKernel<uint4>);

@@ -50,11 +50,10 @@ struct CacheState {
   int64_t map_tokens = 0;     // tokens the map covers (a slot's region may not grow past them)
   uint8_t* hot = nullptr;     // [max_slots][layers][capacity][entry_bytes]
   int32_t* pending = nullptr;  // [batch][max_k]: the token of each index that missed, else -1
-  // The lookup hands its misses to the copy kernel while it still runs (the copy kernel is
-  // launched early, programmatic dependent launch, and reads the pool meanwhile): per row, flags
-  // set once the misses are marked (pending) and once their hot entries are known (out_slots);
-  // the copy kernel's last block of a row clears them.
-  int32_t* tokens_ready = nullptr;  // [batch]
+  // The copy kernel is launched early (programmatic dependent launch) and reads the entries of
+  // sure misses (tokens absent from the token map) while the lookup still runs; per row, a flag
+  // set once every index's hot entry (out_slots) and miss (pending) is known, which the copy
+  // kernel's last block of the row clears.
   int32_t* slots_ready = nullptr;   // [batch]
   int32_t* done = nullptr;          // [batch] copy blocks finished
   int32_t* arrived = nullptr;       // [batch][2] lookup blocks arrived: [0] a refused row's hand-off, [1] the slots'
