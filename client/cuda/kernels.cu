@@ -494,6 +494,11 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
   if (tid == 0) atomicSub(LookupsOnThisSm(), 1);
 }
 
+// Sure misses a copy warp reads early beyond the two it holds in registers, into shared memory:
+// at batch 64 the lookup runs 80-100 us beside the copy, longer than two entries per warp keep
+// the bus busy (H100: a layer's fixed cost 25 -> 16 us at batch 64, 21 -> 17 us at ctx128k batch 8).
+constexpr int kCopyStage = 6;
+
 // Which entry and vector a lane's held register q carries: with two entries held (each at most
 // two vectors per lane), entry q / 2 and vector lane + (q % 2) * 32; else entry 0, vector lane + q * 32.
 __device__ __forceinline__ int HeldEntry(int q, bool two) { return two ? q / 2 : 0; }
@@ -502,18 +507,20 @@ __device__ __forceinline__ int HeldVector(int q, bool two, int lane) { return la
 // Copies a row's misses from the pool into their hot entries: a warp per index (several when
 // the batch is large), storing at the hot entry the lookup gave it (out_slots) the entry of each
 // index that missed (c.pending). Launched right behind the lookup (programmatic dependent
-// launch), each warp reads its first indices' entries into registers at once, before the lookup
-// has decided anything: a token absent from the token map, or marked missing in it by the
-// running lookup, misses for sure (a token the map has may yet be a miss the lookup has already
-// placed; such indices wait for pending). Once the lookup has published the row's hot entries,
-// the held entries are stored and the rest are read and stored. Repeats of a missed token in a
+// launch), each warp reads the entries of its first indices that miss for sure at once, before
+// the lookup has decided anything: two into registers, up to `stage` more into shared memory. A
+// token absent from the token map, or marked missing in it by the running lookup, misses for
+// sure (a token the map has may yet be a miss the lookup has already placed; such indices wait
+// for pending). Once the lookup has published the row's hot entries, the held and staged entries
+// are stored and the rest are read and stored. Repeats of a missed token in a
 // row store the same bytes to the same entry. Where the launch is not early, the lookup has
 // finished and the map already places this step's misses: they are all read late.
 template <typename V>
-__global__ void __launch_bounds__(256, 4)
+__global__ void __launch_bounds__(256, 4)  // four blocks an SM: 64 registers a thread
     CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ indices,
                      const int32_t* __restrict__ row_slot, const int32_t* __restrict__ out_slots, int32_t k,
-                     DeviceError* error) {
+                     DeviceError* error, int32_t stage) {
+  extern __shared__ __align__(16) unsigned char s_stage[];  // [warps per block][stage][entry_bytes]
   constexpr int kHeld = 4;  // vectors per lane read early: two entries of up to 2 vectors per lane, or one
   const int32_t row = blockIdx.y;
   const int lane = threadIdx.x % kWarp;
@@ -531,24 +538,36 @@ __global__ void __launch_bounds__(256, 4)
   V held[kHeld];
   const V* src0 = nullptr;
   const V* src1 = nullptr;
+  const int held_n = two ? 2 : 1;
+  V* my_stage = reinterpret_cast<V*>(s_stage + static_cast<size_t>(threadIdx.x / kWarp) * stage * t.entry_bytes);
+  uint32_t staged = 0;  // bit j: the warp's index held_n + j is in my_stage[j]
   if (s_flag != 0 && bound) {  // no lookup block on this SM: read the sure misses now
     const int64_t committed = t.committed[slot];
     const int64_t readable = committed < c.map_tokens ? committed : c.map_tokens;
     const int32_t* where = c.where + (static_cast<int64_t>(slot) * t.layers + layer) * c.map_tokens;
     const int32_t* row_indices = indices + static_cast<int64_t>(row) * k;
-    auto sure_miss = [&](int i) -> const V* {
+    // Lane j resolves the warp's index j (a chain of dependent loads, all lanes at once).
+    const V* mine = nullptr;
+    if (lane < held_n + stage) {
+      const int i = w0 + lane * warps;
       const int32_t token = i < k ? row_indices[i] : -1;
-      if (token < 0 || token >= readable) return nullptr;  // padding, or an error the lookup reports
-      if (*reinterpret_cast<const volatile int32_t*>(&where[token]) >= 0) return nullptr;
-      return reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token));
-    };
-    src0 = sure_miss(w0);
-    if (two) src1 = sure_miss(w0 + warps);
+      if (token >= 0 && token < readable && *reinterpret_cast<const volatile int32_t*>(&where[token]) < 0) {
+        mine = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token));
+      }
+    }
+    src0 = reinterpret_cast<const V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(mine), 0));
+    if (two) src1 = reinterpret_cast<const V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(mine), 1));
 #pragma unroll
     for (int q = 0; q < kHeld; ++q) {
       const V* from = HeldEntry(q, two) == 0 ? src0 : src1;
       const int v = HeldVector(q, two, lane);
       if (from != nullptr && v < vec) held[q] = from[v];
+    }
+    for (int j = 0; j < stage; ++j) {
+      const V* from = reinterpret_cast<const V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(mine), held_n + j));
+      if (from == nullptr) continue;
+      CopyEntry(my_stage + static_cast<size_t>(j) * vec, from, vec, lane);
+      staged |= 1u << j;
     }
   }
   // One thread of the block waits for the flag (thousands of pollers would crowd the lookup's
@@ -565,11 +584,16 @@ __global__ void __launch_bounds__(256, 4)
       // An entry held from the early read missed for sure; the others are looked up in pending
       // (token 0 below stands for "held").
       const V* held_src = e == 0 ? src0 : (e == 1 && two ? src1 : nullptr);
-      const int32_t token = held_src != nullptr ? 0 : pending[i];
+      const bool in_stage = e >= held_n && e - held_n < stage && ((staged >> (e - held_n)) & 1u) != 0;
+      const int32_t token = held_src != nullptr || in_stage ? 0 : pending[i];
       if (token < 0) continue;  // a hit, padding or an error
       const int32_t h = outs[i];
       if (h < 0) continue;  // no hot entry (more misses than evictable entries)
       V* out = reinterpret_cast<V*>(c.hot + (cb + h) * t.entry_bytes);
+      if (in_stage) {
+        for (int v = lane; v < vec; v += kWarp) out[v] = my_stage[static_cast<size_t>(e - held_n) * vec + v];
+        continue;
+      }
       if (held_src == nullptr) {
         CopyEntry(out, reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token)), vec, lane);
         continue;
@@ -691,19 +715,25 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
   // A warp per index while the GPU holds them all (48 of an SM's 64 warps, leaving room for the
   // lookup), fewer (several indices each) for large batches.
   constexpr int kThreads = 256;
+  // (Fewer warps, 16 or 24 per SM, each taking more indices early, measured slower on the H100.)
   const int64_t row_warps = std::min<int64_t>(k, std::max<int64_t>(1, static_cast<int64_t>(sms) * 48 / batch));
   const int per_row = static_cast<int>((row_warps + kThreads / kWarp - 1) / (kThreads / kWarp));
+  // Each warp stages up to kCopyStage more sure misses in shared memory (at most 40 KiB a block).
+  const int stage = std::min<int>(kCopyStage, static_cast<int>(40960 / (kThreads / kWarp) / t.entry_bytes));
+  const size_t stage_bytes = static_cast<size_t>(kThreads / kWarp) * stage * t.entry_bytes;
   auto copy = [&](auto kernel) {
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(per_row, batch);
     config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = stage_bytes;
     config.stream = stream;
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attribute;
     config.numAttrs = 1;
-    cudaLaunchKernelEx(&config, kernel, t, c, layer, indices, row_slot, static_cast<const int32_t*>(out_slots), k, error);
+    cudaLaunchKernelEx(&config, kernel, t, c, layer, indices, row_slot, static_cast<const int32_t*>(out_slots), k, error,
+                       static_cast<int32_t>(stage));
   };
   if (t.entry_bytes % 16 == 0 && t.stride % 16 == 0) {
     copy(CopyMissesKernel<uint4>);
