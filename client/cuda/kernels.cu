@@ -196,9 +196,9 @@ constexpr int32_t kPendingMiss = -2;
 constexpr int32_t kDuplicateBase = -3;
 
 // Lookup blocks resident on each SM (indexed by %smid), for the miss copy: a copy block that
-// shares its SM with a lookup block reads nothing from the pool until the lookup is done, since
-// its reads from host memory (microseconds each over PCIe) would queue the lookup's own loads
-// behind them. A hint only: a stale count costs speed, never correctness.
+// shares its SM with a lookup block reads nothing from the pool before its row's hot entries are
+// known, since its reads from host memory (microseconds each over PCIe) would queue the lookup's
+// own loads behind them. A hint only: a stale count costs speed, never correctness.
 constexpr int kMaxSms = 1024;
 __device__ int32_t g_lookups_on_sm[kMaxSms];
 __device__ __forceinline__ int32_t* LookupsOnThisSm() {
@@ -512,9 +512,9 @@ __device__ __forceinline__ int HeldVector(int q, bool two, int lane) { return la
 // token absent from the token map, or marked missing in it by the running lookup, misses for
 // sure (a token the map has may yet be a miss the lookup has already placed; such indices wait
 // for pending). Once the lookup has published the row's hot entries, the held and staged entries
-// are stored and the rest are read and stored. Repeats of a missed token in a
-// row store the same bytes to the same entry. Where the launch is not early, the lookup has
-// finished and the map already places this step's misses: they are all read late.
+// are stored and the rest are read and stored. Repeats of a missed token in a row store the same
+// bytes to the same entry. Where the launch is not early, the lookup has finished and the map
+// already places this step's misses: they are all read late.
 template <typename V>
 __global__ void __launch_bounds__(256, 4)  // four blocks an SM: 64 registers a thread
     CopyMissesKernel(DeviceTables t, CacheState c, int32_t layer, const int32_t* __restrict__ indices,
@@ -532,8 +532,8 @@ __global__ void __launch_bounds__(256, 4)  // four blocks an SM: 64 registers a 
   const int32_t* pending = c.pending + static_cast<int64_t>(row) * c.max_k;
   const int32_t* outs = out_slots + static_cast<int64_t>(row) * k;
   const bool two = vec <= 2 * kWarp;  // the first two indices' entries fit the held registers
-  __shared__ int s_flag;
-  if (threadIdx.x == 0) s_flag = *reinterpret_cast<volatile int32_t*>(LookupsOnThisSm()) == 0;
+  __shared__ int s_early, s_ok;
+  if (threadIdx.x == 0) s_early = *reinterpret_cast<volatile int32_t*>(LookupsOnThisSm()) == 0;
   __syncthreads();
   V held[kHeld];
   const V* src0 = nullptr;
@@ -541,7 +541,7 @@ __global__ void __launch_bounds__(256, 4)  // four blocks an SM: 64 registers a 
   const int held_n = two ? 2 : 1;
   V* my_stage = reinterpret_cast<V*>(s_stage + static_cast<size_t>(threadIdx.x / kWarp) * stage * t.entry_bytes);
   uint32_t staged = 0;  // bit j: the warp's index held_n + j is in my_stage[j]
-  if (s_flag != 0 && bound) {  // no lookup block on this SM: read the sure misses now
+  if (s_early != 0 && bound) {  // no lookup block on this SM: read the sure misses now
     const int64_t committed = t.committed[slot];
     const int64_t readable = committed < c.map_tokens ? committed : c.map_tokens;
     const int32_t* where = c.where + (static_cast<int64_t>(slot) * t.layers + layer) * c.map_tokens;
@@ -572,10 +572,9 @@ __global__ void __launch_bounds__(256, 4)  // four blocks an SM: 64 registers a 
   }
   // One thread of the block waits for the flag (thousands of pollers would crowd the lookup's
   // own memory traffic); the barrier hands the answer to the others.
-  __syncthreads();  // every thread has read s_flag
-  if (threadIdx.x == 0) s_flag = Await(&c.slots_ready[row]);
+  if (threadIdx.x == 0) s_ok = Await(&c.slots_ready[row]);
   __syncthreads();
-  if (s_flag == 0) {
+  if (s_ok == 0) {
     if (lane == 0) Report(error, kErrorCopyWait, row, layer, -1, slot, 0);
   } else if (bound) {
     const int64_t cb = (static_cast<int64_t>(slot) * t.layers + layer) * c.capacity;
