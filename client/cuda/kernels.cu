@@ -59,10 +59,6 @@ __device__ __forceinline__ void CopyEntry(V* __restrict__ out, const V* __restri
     if (second) out[v + kWarp] = b;
   }
 }
-template <typename V>
-__device__ __forceinline__ void ZeroEntry(V* out, int vec, int lane) {
-  for (int v = lane; v < vec; v += kWarp) out[v] = Zero<V>();
-}
 
 // Entries are taken kGroup at a time per warp: lane j < kGroup resolves entry j's pool address
 // (index, slot, committed length, page table: a chain of dependent loads), then the whole warp

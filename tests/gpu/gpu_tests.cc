@@ -56,6 +56,19 @@ std::vector<std::shared_ptr<Region>> SealedPatternRegions(Client& client, const 
   return regions;
 }
 
+// Each of a row's k indices (-1: padding, skipped), read through the hot entry the lookup gave
+// it (slots), holds the bytes of the region filled with `salt` at (layer, token).
+void RequireHotEntriesHold(const ResidencyCache& cache, int32_t slot, int32_t layer, int32_t capacity,
+                           const int32_t* idx, const int32_t* slots, int32_t k, uint64_t salt) {
+  std::vector<std::byte> hot(static_cast<size_t>(capacity) * kEntry), want(kEntry);
+  REQUIRE(cudaMemcpy(hot.data(), cache.hot_buffer(slot, layer), hot.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
+  for (int32_t i = 0; i < k; ++i) {
+    if (idx[i] < 0) continue;
+    FillEntry(salt, layer, idx[i], kEntry, want.data());
+    REQUIRE(std::memcmp(hot.data() + static_cast<size_t>(slots[i]) * kEntry, want.data(), kEntry) == 0);
+  }
+}
+
 // The expected bytes of [rows][k] entries: Region::Fetch for real indices, zeros for -1.
 std::vector<std::byte> Expected(const std::vector<std::shared_ptr<Region>>& rows, int32_t layer,
                                 const std::vector<int32_t>& idx, int32_t k) {
@@ -308,16 +321,7 @@ TEST_CASE("residency cache: hits, misses, victims and slots equal the CPU refere
       if (step % 10 == 9) {
         // Hot-buffer contents: each index's entry, read through its slot, is the region's bytes.
         for (int r = 0; r < kRows; ++r) {
-          std::vector<std::byte> hot(static_cast<size_t>(capacity) * kEntry);
-          REQUIRE(cudaMemcpy(hot.data(), (*cache)->hot_buffer(row_slot[r], layer), hot.size(), cudaMemcpyDeviceToHost) ==
-                  cudaSuccess);
-          std::vector<std::byte> want(kEntry);
-          for (int32_t i = 0; i < k; ++i) {
-            const int32_t t = idx[r * k + i];
-            if (t < 0) continue;
-            FillEntry(50 + r, layer, t, kEntry, want.data());
-            REQUIRE(std::memcmp(hot.data() + static_cast<size_t>(slots[r * k + i]) * kEntry, want.data(), kEntry) == 0);
-          }
+          RequireHotEntriesHold(**cache, row_slot[r], layer, capacity, idx.data() + r * k, slots.data() + r * k, k, 50 + r);
           std::vector<int32_t> tokens, order;
           REQUIRE((*cache)->ReadState(stream, row_slot[r], layer, &tokens, &order).ok());
           REQUIRE(tokens == ref[r][layer].tokens());
@@ -422,15 +426,8 @@ TEST_CASE("residency cache captured in a CUDA graph: a step of lookups replayed 
       if (step % 8 != 7) continue;
       // The replayed cache's hot entries hold the regions' bytes for every index of the step.
       for (int r = 0; r < kRows; ++r) {
-        std::vector<std::byte> hot(static_cast<size_t>(capacity) * kEntry), want(kEntry);
-        REQUIRE(cudaMemcpy(hot.data(), (*graphed)->hot_buffer(row_slot[r], layer), hot.size(), cudaMemcpyDeviceToHost) ==
-                cudaSuccess);
-        for (int32_t i = 0; i < k; ++i) {
-          const int32_t t = idx[layer][r * k + i];
-          if (t < 0) continue;
-          FillEntry(80 + r, layer, t, kEntry, want.data());
-          REQUIRE(std::memcmp(hot.data() + static_cast<size_t>(got[r * k + i]) * kEntry, want.data(), kEntry) == 0);
-        }
+        RequireHotEntriesHold(**graphed, row_slot[r], layer, capacity, idx[layer].data() + r * k, got.data() + r * k, k,
+                              80 + r);
       }
     }
   }
