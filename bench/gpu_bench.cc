@@ -179,9 +179,7 @@ void Resolve(const std::vector<std::shared_ptr<Region>>& rows, int32_t layer, co
     const uint64_t base = reinterpret_cast<uint64_t>(dev) - shm->arena_offset();
     for (int32_t i = 0; i < kK; ++i) {
       const int32_t t = idx[r * kK + i];
-      const uint32_t page = v.table->layers[layer][t / v.geometry.tokens_per_page];
-      flat->host[r * kK + i] = base + static_cast<uint64_t>(page) * v.geometry.page_bytes +
-                               static_cast<uint64_t>(t % v.geometry.tokens_per_page) * v.geometry.entry_stride_bytes;
+      flat->host[r * kK + i] = base + static_cast<uint64_t>(v.geometry.EntryOffset(v.table->layers[layer], t));
     }
   }
   if (flat->device == nullptr) CHECK_CUDA(cudaMalloc(&flat->device, flat->host.size() * 8));

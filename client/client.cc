@@ -333,8 +333,7 @@ struct Region::State {
     const auto& pages = snapshot->layers[layer];
     for (int64_t i = 0; i < n; ++i) {
       int64_t t = first_token + i;
-      offsets[i] = static_cast<int64_t>(pages[t / geometry.tokens_per_page]) * geometry.page_bytes +
-                   geometry.OffsetInPage(t);
+      offsets[i] = geometry.EntryOffset(pages, t);
     }
     client->data.writes.fetch_add(1, std::memory_order_relaxed);
     client->data.written_bytes.fetch_add(static_cast<int64_t>(entries.size()), std::memory_order_relaxed);

@@ -23,9 +23,6 @@ absl::Status ResolveTopK(const RegionLayout& layout, int32_t layer,
   const int64_t covered = static_cast<int64_t>(pages.size()) * g.tokens_per_page;
   // A negative committed length (a corrupt reply) must not turn into a huge unsigned bound.
   const int64_t limit = std::max<int64_t>(0, std::min(readable_tokens, covered));
-  const int64_t tokens_per_page = g.tokens_per_page;
-  const int64_t stride = g.entry_stride_bytes;
-  const int64_t page_bytes = g.page_bytes;
   // One pass: a branch-free bounds check (unsigned compare catches negatives), then resolve.
   bool all_in_range = true;
   for (size_t i = 0; i < indices.size(); ++i) {
@@ -46,9 +43,7 @@ absl::Status ResolveTopK(const RegionLayout& layout, int32_t layer,
     }
   }
   for (size_t i = 0; i < indices.size(); ++i) {
-    const int64_t t = indices[i];
-    const int64_t page = t / tokens_per_page;
-    offsets[i] = static_cast<int64_t>(pages[page]) * page_bytes + (t - page * tokens_per_page) * stride;
+    offsets[i] = g.EntryOffset(pages, indices[i]);
   }
   return absl::OkStatus();
 }

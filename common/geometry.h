@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "common/entry_address.h"
 
 namespace sparsekv {
 
@@ -33,9 +34,11 @@ struct Geometry {
   int64_t PagesPerLayer(int64_t tokens) const {
     return tokens / tokens_per_page + (tokens % tokens_per_page > 0 ? 1 : 0);  // no overflow near INT64_MAX
   }
-  // Byte offset of token t inside its page.
-  int64_t OffsetInPage(int64_t token) const {
-    return (token % tokens_per_page) * entry_stride_bytes;
+  // Byte offset in the pool of token t's entry, given its layer's page list (t must be covered).
+  template <typename PageList>
+  int64_t EntryOffset(const PageList& pages, int64_t t) const {
+    return static_cast<int64_t>(EntryPoolOffset<int64_t>(pages[PageOfToken<int64_t>(t, tokens_per_page)], t,
+                                                         tokens_per_page, entry_stride_bytes, page_bytes));
   }
 };
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/entry_address.h"
 #include "common/host_id.h"
 #include "common/log.h"
 #include "client/cluster_internal.h"
@@ -619,8 +620,9 @@ absl::Status ClusterMember::CopyTo(const v1::ClusterNode& target, const std::str
       const int64_t n = std::min(chunk, committed - first);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t t = first + i;
-        const std::byte* src = pool + static_cast<int64_t>(pages[t / g.tokens_per_page()]) * g.page_bytes() +
-                               (t % g.tokens_per_page()) * g.entry_stride_bytes();
+        const std::byte* src =
+            pool + EntryPoolOffset<int64_t>(pages[PageOfToken<int64_t>(t, g.tokens_per_page())], t, g.tokens_per_page(),
+                                            g.entry_stride_bytes(), g.page_bytes());
         std::memcpy(buffer.data() + i * g.entry_bytes(), src, g.entry_bytes());
       }
       if (auto s = (*region)->Write(layer, first, absl::MakeConstSpan(buffer.data(), n * g.entry_bytes())); !s.ok()) {

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 
+#include "common/entry_address.h"
+
 namespace sparsekv::cuda {
 namespace {
 
@@ -41,11 +43,10 @@ __device__ uint8_t Zero<uint8_t>() { return 0; }
 // Pool address of (slot, layer, token); the caller has checked the token against committed.
 __device__ __forceinline__ const uint8_t* EntryAddress(const DeviceTables& t, int32_t slot, int32_t layer, int32_t token) {
   const uint32_t tpp = static_cast<uint32_t>(t.tokens_per_page);
-  const uint32_t page_index = static_cast<uint32_t>(token) / tpp;
-  const uint32_t in_page = static_cast<uint32_t>(token) - page_index * tpp;
+  const uint32_t page_index = PageOfToken<uint32_t>(static_cast<uint32_t>(token), tpp);
   const uint32_t page = t.pages[(static_cast<int64_t>(slot) * t.layers + layer) * t.max_pages + page_index];
-  return reinterpret_cast<const uint8_t*>(t.base[slot] + static_cast<uint64_t>(page) * t.page_bytes +
-                                          static_cast<uint64_t>(in_page) * t.stride);
+  return reinterpret_cast<const uint8_t*>(
+      t.base[slot] + EntryPoolOffset<uint32_t>(page, static_cast<uint32_t>(token), tpp, t.stride, t.page_bytes));
 }
 
 // One warp per entry: lanes move vectors of the entry, two per lane in flight before storing.
