@@ -87,7 +87,6 @@ absl::Status Client::FetchBatch(absl::Span<const FetchItem> items) {
 absl::Status Client::ClusterFetchBatch(absl::Span<const FetchItem> items) {
   const auto nodes = impl_->cluster->Connected();
   std::vector<std::vector<FetchItem>> parts(nodes.size());
-  std::vector<std::vector<size_t>> origin(nodes.size());
   for (size_t i = 0; i < items.size(); ++i) {
     const FetchItem& item = items[i];
     if (item.region == nullptr) return absl::InvalidArgumentError(absl::StrFormat("batch item %d has no region", i));
@@ -119,7 +118,6 @@ absl::Status Client::ClusterFetchBatch(absl::Span<const FetchItem> items) {
       }
     }
     parts[part].push_back(item);
-    origin[part].push_back(i);
   }
   std::vector<size_t> used;
   for (size_t n = 0; n < parts.size(); ++n) {

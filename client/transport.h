@@ -1,5 +1,5 @@
-// Transport moves entries between a pool and client memory. One class per medium (shm/CXL
-// today; libfabric and verbs next), all behind this narrow interface.
+// Transport moves entries between a pool and client memory. One class per medium (shm/CXL,
+// tcp-gather, libfabric RMA, verbs), all behind this narrow interface.
 //
 // The planner has already validated and resolved every entry to a byte offset in the pool, so a
 // transport only moves bytes: one virtual call per batch item, tight loops inside, no
@@ -69,7 +69,7 @@ class RmaTransport : public Transport {
   void set_write_path(std::shared_ptr<Transport> path) { write_path_ = std::move(path); }
   absl::Status Gather(absl::Span<const int64_t> pool_offsets, int32_t entry_bytes, std::byte* dst) override {
     GatherWork one{pool_offsets, entry_bytes, dst};
-    return Transfer(false, absl::MakeConstSpan(&one, 1));
+    return Read(absl::MakeConstSpan(&one, 1));
   }
   absl::Status Scatter(const std::byte* src, int32_t entry_bytes, absl::Span<const int64_t> pool_offsets) override {
     if (write_path_ == nullptr) {
@@ -80,12 +80,12 @@ class RmaTransport : public Transport {
     }
     return write_path_->Scatter(src, entry_bytes, pool_offsets);
   }
-  absl::Status GatherBatch(absl::Span<const GatherWork> work) override { return Transfer(false, work); }
+  absl::Status GatherBatch(absl::Span<const GatherWork> work) override { return Read(work); }
   bool prefers_batch() const override { return true; }
 
  protected:
-  // Moves the entries of `work` between work.dst and the pool: reads, or writes from work.dst.
-  virtual absl::Status Transfer(bool write, absl::Span<const GatherWork> work) = 0;
+  // Reads the entries of `work` from the pool into work.dst (one-sided; writes go to write_path).
+  virtual absl::Status Read(absl::Span<const GatherWork> work) = 0;
 
  private:
   std::shared_ptr<Transport> write_path_;

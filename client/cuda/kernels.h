@@ -1,4 +1,4 @@
-// Device kernels of the GPU path and their launchers (client/cuda/kernels.cu). Plain C++ types
+// Device kernels of the GPU path and their launchers (client/cuda/gather.cu, residency_kernels.cu). Plain C++ types
 // only, so the host code that calls them compiles without nvcc.
 #ifndef SPARSEKV_CLIENT_CUDA_KERNELS_H_
 #define SPARSEKV_CLIENT_CUDA_KERNELS_H_

@@ -191,9 +191,9 @@ void* FabricTransport::DescFor(const std::byte* p, size_t len) {
   return fi_mr_desc(it->second.mr);
 }
 
-absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> work) {
+absl::Status FabricTransport::Read(absl::Span<const GatherWork> work) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
-  const std::string what = absl::StrFormat("fabric %s (%s)", write ? "fi_write" : "fi_read", provider_);
+  const std::string what = absl::StrFormat("fabric fi_read (%s)", provider_);
   auto acquired = AcquireLane();
   if (!acquired.ok()) return acquired.status();
   std::unique_ptr<Lane> lane = *std::move(acquired);
@@ -215,9 +215,6 @@ absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> 
   size_t staged = 0;
   // Posts every op (at most max_inflight_ outstanding) and reaps them all.
   auto run = [&]() -> absl::Status {
-    if (write) {
-      for (const Op& op : ops) if (op.user != nullptr) std::memcpy(op.local, op.user, op.len);
-    }
     size_t posted = 0, done = 0;
     contexts.assign(ops.size(), fi_context2{});
     completed.assign(ops.size(), 0);
@@ -226,8 +223,7 @@ absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> 
       while (posted < ops.size() && posted - done < max_inflight_) {
         const Op& op = ops[posted];
         void* context = &contexts[posted];
-        ssize_t rc = write ? fi_write(lane->ep, op.local, op.len, op.desc, lane->peer, op.remote, key_, context)
-                           : fi_read(lane->ep, op.local, op.len, op.desc, lane->peer, op.remote, key_, context);
+        ssize_t rc = fi_read(lane->ep, op.local, op.len, op.desc, lane->peer, op.remote, key_, context);
         if (rc == -FI_EAGAIN) break;
         if (rc != 0) return FabricError(static_cast<int>(rc), what);
         ++posted;
@@ -263,9 +259,7 @@ absl::Status FabricTransport::Transfer(bool write, absl::Span<const GatherWork> 
                                                            what, posted - done, ops.size(), timeout_ms_));
       }
     }
-    if (!write) {
-      for (const Op& op : ops) if (op.user != nullptr) std::memcpy(op.user, op.local, op.len);
-    }
+    for (const Op& op : ops) if (op.user != nullptr) std::memcpy(op.user, op.local, op.len);
     ops.clear();
     staged = 0;
     return absl::OkStatus();

@@ -49,7 +49,7 @@ class FabricTransport final : public RmaTransport {
   FabricTransport() = default;
   absl::StatusOr<std::unique_ptr<Lane>> AcquireLane();
   void ReleaseLane(std::unique_ptr<Lane> lane);
-  absl::Status Transfer(bool write, absl::Span<const GatherWork> work) override;
+  absl::Status Read(absl::Span<const GatherWork> work) override;
   void* DescFor(const std::byte* p, size_t len);  // registered buffer's descriptor, or null
 
   fi_info* info_ = nullptr;

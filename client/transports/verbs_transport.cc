@@ -226,9 +226,9 @@ ibv_mr* VerbsTransport::MrFor(const std::byte* p, size_t len) {
   return at + len <= it->first + it->second->length ? it->second : nullptr;
 }
 
-absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> work) {
+absl::Status VerbsTransport::Read(absl::Span<const GatherWork> work) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
-  const std::string what = absl::StrFormat("verbs RDMA %s from %s:%d", write ? "WRITE" : "READ", host_, daemon_.port);
+  const std::string what = absl::StrFormat("verbs RDMA READ from %s:%d", host_, daemon_.port);
   auto acquired = AcquireConnection();
   if (!acquired.ok()) return acquired.status();
   std::unique_ptr<Connection> c = *std::move(acquired);
@@ -243,7 +243,6 @@ absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> w
   std::vector<Staged> staged;
   size_t staged_bytes = 0;
   auto run = [&]() -> absl::Status {
-    for (const Staged& s : staged) if (write) std::memcpy(s.staging, s.user, s.len);
     // Runs of one lkey are chained together (a chain carries one lkey).
     size_t at = 0;
     int outstanding = 0;
@@ -254,7 +253,7 @@ absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> w
         size_t same = at;
         while (same < segments.size() && lkeys[same] == lkeys[at]) ++same;
         VerbsChainOptions o;
-        o.write = write;
+        o.write = false;
         o.lkey = lkeys[at];
         o.rkey = daemon_.rkey;
         o.max_sge = static_cast<int>(c->max_sge);
@@ -283,7 +282,7 @@ absl::Status VerbsTransport::Transfer(bool write, absl::Span<const GatherWork> w
                                                            outstanding, timeout_ms_));
       }
     }
-    for (const Staged& s : staged) if (!write) std::memcpy(s.user, s.staging, s.len);
+    for (const Staged& s : staged) std::memcpy(s.user, s.staging, s.len);
     segments.clear();
     lkeys.clear();
     staged.clear();

@@ -42,7 +42,7 @@ class VerbsTransport final : public RmaTransport {
   VerbsTransport() = default;
   absl::StatusOr<std::unique_ptr<Connection>> AcquireConnection();
   void ReleaseConnection(std::unique_ptr<Connection> c);
-  absl::Status Transfer(bool write, absl::Span<const GatherWork> work) override;
+  absl::Status Read(absl::Span<const GatherWork> work) override;
   ibv_mr* MrFor(const std::byte* p, size_t len);
 
   VerbsPeer daemon_;

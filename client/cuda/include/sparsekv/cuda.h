@@ -111,8 +111,8 @@ struct ResidencyCacheOptions {
   // Blocks that decide one row's lookup: 1 (one block per row), or 2, 4, 8, 16 (a cluster of
   // blocks sharing the row's state through distributed shared memory; 16 is Hopper's
   // non-portable size, 8 where it cannot be scheduled). 0 (auto): 16 while batch x 16 blocks
-  // take at most a quarter of the SMs, 8 while batch x 8 fit them, else 1 (on an H100: 16 at
-  // batch 1-2, 8 up to 16, 1 beyond: measured best). Decisions are the same. The rows of one
+  // take at most a quarter of the SMs, 8 while batch x 8 fit them, else 1. Decisions are the
+  // same whatever the size. The rows of one
   // lookup must name distinct slots (INVALID_ARGUMENT from CheckErrors otherwise).
   int32_t blocks_per_row = 0;
 };

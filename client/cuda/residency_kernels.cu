@@ -1,129 +1,10 @@
-// The GPU path's kernels: a top-k gather that reads entries straight from the pool mapped into
-// the device's address space (zero-copy over PCIe/C2C), and the residency cache's lookup (exact
-// LRU, the same decisions as ResidencyReference) with its miss copy.
-//
-// Both resolve token -> pool address on the device from the mirrored page tables, so nothing on
-// the host sits between the indexer's top-k and the fetch; neither allocates nor synchronises,
-// so both can be captured in a CUDA graph and replayed with new indices.
-#include "client/cuda/kernels.h"
-
-#include <cooperative_groups.h>
-#include <cuda_runtime.h>
-
-#include <algorithm>
-
-#include "common/entry_address.h"
+// The residency cache's kernels: the lookup (exact LRU, the same decisions as ResidencyReference)
+// and the miss copy launched right behind it, and the slot reset. They share per-SM state and
+// hand-off flags in device memory, so they live in one translation unit.
+#include "client/cuda/kernels_device.cuh"
 
 namespace sparsekv::cuda {
 namespace {
-
-constexpr int kWarp = 32;
-constexpr int kEmpty = -1;
-
-__device__ void Report(DeviceError* error, uint32_t code, int32_t row, int32_t layer, int32_t index, int32_t slot,
-                       int64_t limit) {
-  if (atomicCAS(&error->code, 0u, code) == 0u) {
-    error->row = row;
-    error->layer = layer;
-    error->index = index;
-    error->slot = slot;
-    error->limit = limit;
-  }
-}
-
-template <typename V>
-__device__ V Zero();
-template <>
-__device__ uint4 Zero<uint4>() { return make_uint4(0, 0, 0, 0); }
-template <>
-__device__ uint32_t Zero<uint32_t>() { return 0; }
-template <>
-__device__ uint8_t Zero<uint8_t>() { return 0; }
-
-// Pool address of (slot, layer, token); the caller has checked the token against committed.
-__device__ __forceinline__ const uint8_t* EntryAddress(const DeviceTables& t, int32_t slot, int32_t layer, int32_t token) {
-  const uint32_t tpp = static_cast<uint32_t>(t.tokens_per_page);
-  const uint32_t page_index = PageOfToken<uint32_t>(static_cast<uint32_t>(token), tpp);
-  const uint32_t page = t.pages[(static_cast<int64_t>(slot) * t.layers + layer) * t.max_pages + page_index];
-  return reinterpret_cast<const uint8_t*>(
-      t.base[slot] + EntryPoolOffset<uint32_t>(page, static_cast<uint32_t>(token), tpp, t.stride, t.page_bytes));
-}
-
-// One warp per entry: lanes move vectors of the entry, two per lane in flight before storing.
-template <typename V>
-__device__ __forceinline__ void CopyEntry(V* __restrict__ out, const V* __restrict__ src, int vec, int lane) {
-  for (int v = lane; v < vec; v += 2 * kWarp) {
-    const bool second = v + kWarp < vec;
-    V a = src[v];
-    V b = second ? src[v + kWarp] : Zero<V>();
-    out[v] = a;
-    if (second) out[v + kWarp] = b;
-  }
-}
-
-// Entries are taken kGroup at a time per warp: lane j < kGroup resolves entry j's pool address
-// (index, slot, committed length, page table: a chain of dependent loads), then the whole warp
-// moves the group's vectors, several independent loads in flight per lane. Resolving a group at
-// once hides the chain's latency behind the group's copies.
-constexpr int kGroup = 16;
-constexpr int kUnroll = 8;  // loads per lane in flight before their stores
-
-template <typename V>
-__global__ void GatherKernel(DeviceTables t, int32_t layer, const int32_t* __restrict__ indices, int32_t batch,
-                             int32_t k, const int32_t* __restrict__ row_slot, uint8_t* __restrict__ dst,
-                             const int32_t* __restrict__ dst_slots, DeviceError* error) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  const int vec = t.entry_bytes / static_cast<int>(sizeof(V));
-  const int64_t total = static_cast<int64_t>(batch) * k;
-  for (int64_t first = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp) * kGroup; first < total;
-       first += warps * kGroup) {
-    // Lane j < kGroup resolves entry first + j: src (null: zero-fill) and dst.
-    const V* src = nullptr;
-    V* out = nullptr;
-    if (lane < kGroup && first + lane < total) {
-      const int64_t e = first + lane;
-      const int32_t row = static_cast<int32_t>(e / k);
-      const int32_t token = indices[e];
-      const int64_t at = dst_slots != nullptr ? static_cast<int64_t>(dst_slots[e]) : e;
-      out = reinterpret_cast<V*>(dst + at * t.entry_bytes);
-      if (token != -1) {  // -1: padding, reads nothing
-        const int32_t slot = row_slot[row];
-        if (slot < 0 || slot >= t.max_slots || t.base[slot] == 0) {
-          Report(error, kErrorSlot, row, layer, token, slot, 0);
-        } else {
-          const int64_t committed = t.committed[slot];
-          if (token < 0 || token >= committed) {
-            Report(error, kErrorIndex, row, layer, token, slot, committed);
-          } else {
-            src = reinterpret_cast<const V*>(EntryAddress(t, slot, layer, token));
-          }
-        }
-      }
-    }
-    const int in_group = static_cast<int>(total - first < kGroup ? total - first : kGroup);
-    const int chunks = in_group * vec;
-    for (int c0 = 0; c0 < chunks; c0 += kUnroll * kWarp) {  // uniform across the warp (shuffles inside)
-      V r[kUnroll];
-      V* o[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = c0 + lane + u * kWarp;
-        const int j = c < chunks ? c / vec : 0;
-        const V* s = reinterpret_cast<const V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(src), j));
-        V* d = reinterpret_cast<V*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(out), j));
-        o[u] = c < chunks ? d + (c - j * vec) : nullptr;
-        r[u] = (c < chunks && s != nullptr) ? s[c - j * vec] : Zero<V>();
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (o[u] != nullptr) *o[u] = r[u];
-      }
-    }
-  }
-}
-
-// ---- residency cache -------------------------------------------------------------------------
 
 // In-place exclusive scans of a[0, na) and b[0, nb) in shared memory, together, by the whole
 // block; returns both totals. `parts` holds 2 * (threads / 32) ints.
@@ -491,9 +372,8 @@ __global__ void __launch_bounds__(LookupThreads(kCluster))
   if (tid == 0) atomicSub(LookupsOnThisSm(), 1);
 }
 
-// Sure misses a copy warp reads early beyond the two it holds in registers, into shared memory:
-// at batch 64 the lookup runs 80-100 us beside the copy, longer than two entries per warp keep
-// the bus busy (H100: a layer's fixed cost 25 -> 16 us at batch 64, 21 -> 17 us at ctx128k batch 8).
+// Sure misses a copy warp reads early into shared memory, beyond the two it holds in registers,
+// so the bus stays busy while the lookup runs beside the copy.
 constexpr int kCopyStage = 6;
 
 // Which entry and vector a lane's held register q carries: with two entries held (each at most
@@ -630,33 +510,7 @@ __global__ void ResetSlotKernel(CacheState c, int32_t slot, int32_t layers) {
   }
 }
 
-int Blocks(int64_t warps_of_work, int threads) {
-  int device = 0, sms = 132;
-  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t per_block = threads / kWarp;
-  const int64_t want = (warps_of_work + per_block - 1) / per_block;
-  const int64_t cap = static_cast<int64_t>(sms) * 8;
-  return static_cast<int>(want < 1 ? 1 : (want > cap ? cap : want));
-}
-
 }  // namespace
-
-void LaunchGather(const DeviceTables& t, cudaStream_t stream, int32_t layer, const int32_t* indices, int32_t batch,
-                  int32_t k, const int32_t* row_slot, uint8_t* dst, const int32_t* dst_slots, DeviceError* error) {
-  const int64_t entries = static_cast<int64_t>(batch) * k;
-  if (entries == 0) return;
-  constexpr int kThreads = 256;
-  const int blocks = Blocks((entries + kGroup - 1) / kGroup, kThreads);  // a warp per group of entries
-  const bool aligned16 = t.entry_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && t.stride % 16 == 0 &&
-                         t.page_bytes % 16 == 0;
-  if (aligned16) {
-    GatherKernel<uint4><<<blocks, kThreads, 0, stream>>>(t, layer, indices, batch, k, row_slot, dst, dst_slots, error);
-  } else if (t.entry_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 4 == 0) {
-    GatherKernel<uint32_t><<<blocks, kThreads, 0, stream>>>(t, layer, indices, batch, k, row_slot, dst, dst_slots, error);
-  } else {
-    GatherKernel<uint8_t><<<blocks, kThreads, 0, stream>>>(t, layer, indices, batch, k, row_slot, dst, dst_slots, error);
-  }
-}
 
 size_t LookupSharedBytes(int32_t capacity, int32_t k) { return MakeClusterLayout(capacity, k, 1).bytes + 64; }
 
@@ -667,9 +521,8 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   int cluster_size = c.blocks_per_row;
-  // Measured on an H100 (132 SMs): 16-block clusters win at batch 1-2, 8-block ones while the
-  // rows' clusters fit the SMs (batch 8: 0.49 x cold vs 0.56 x one block per row); beyond,
-  // one block per row (batch 32: 0.33 x, where 4-block clusters gave 0.39 x).
+  // Auto: 16-block clusters for the smallest batches, 8-block ones while the rows' clusters fit
+  // the SMs, one block per row beyond (see sparsekv/cuda.h).
   if (cluster_size == 0) cluster_size = batch * 16 * 4 <= sms ? 16 : batch * 8 <= sms ? 8 : 1;
   auto launch = [&](auto kernel, int cluster) {
     const ClusterLayout cl = MakeClusterLayout(c.capacity, k, cluster);
@@ -711,7 +564,6 @@ void LaunchLookup(const DeviceTables& t, const CacheState& c, cudaStream_t strea
   // A warp per index while the GPU holds them all (48 of an SM's 64 warps, leaving room for the
   // lookup), fewer (several indices each) for large batches.
   constexpr int kThreads = 256;
-  // (Fewer warps, 16 or 24 per SM, each taking more indices early, measured slower on the H100.)
   const int64_t row_warps = std::min<int64_t>(k, std::max<int64_t>(1, static_cast<int64_t>(sms) * 48 / batch));
   const int per_row = static_cast<int>((row_warps + kThreads / kWarp - 1) / (kThreads / kWarp));
   // Each warp stages up to kCopyStage more sure misses in shared memory (at most 40 KiB a block).
