@@ -183,9 +183,7 @@ absl::StatusOr<std::string> ClusterInternals::Namespace(Client& client) {
   request.set_key_prefix(std::string(1, '\x01'));  // matches no key: only the namespace comes back
   request.set_limit(1);
   v1::ListRegionsResponse reply;
-  auto ctx = client.impl_->Context();
-  auto status = FromGrpcStatus(client.impl_->stub->ListRegions(ctx.get(), request, &reply),
-                               client.impl_->What("ListRegions"));
+  auto status = client.impl_->Call(&v1::Control::Stub::ListRegions, "ListRegions", request, &reply);
   if (!status.ok()) return status;
   return reply.key_prefix();
 }
@@ -193,8 +191,7 @@ absl::StatusOr<std::string> ClusterInternals::Namespace(Client& client) {
 absl::StatusOr<std::shared_ptr<Region>> Client::CreateFrom(const v1::CreateRegionRequest& request) {
   v1::OpenRegionResponse reply;
   int64_t sent = NowNs();
-  auto ctx = impl_->Context();
-  auto status = FromGrpcStatus(impl_->stub->CreateRegion(ctx.get(), request, &reply), impl_->What("CreateRegion"));
+  auto status = impl_->Call(&v1::Control::Stub::CreateRegion, "CreateRegion", request, &reply);
   if (!status.ok()) return status;
   auto state = AdoptReply(impl_, reply, sent, /*created=*/true);
   if (!state.ok()) return state.status();
@@ -212,8 +209,7 @@ absl::StatusOr<std::shared_ptr<Region>> Client::OpenRegion(const std::string& ke
   request.set_for_write(for_write);
   v1::OpenRegionResponse reply;
   int64_t sent = NowNs();
-  auto ctx = impl_->Context();
-  auto status = FromGrpcStatus(impl_->stub->OpenRegion(ctx.get(), request, &reply), impl_->What("OpenRegion"));
+  auto status = impl_->Call(&v1::Control::Stub::OpenRegion, "OpenRegion", request, &reply);
   if (!status.ok()) return status;
   auto state = AdoptReply(impl_, reply, sent, /*created=*/false);
   if (!state.ok()) return state.status();
@@ -225,8 +221,7 @@ absl::Status Client::Delete(const std::string& key) {
   v1::DeleteRegionRequest request;
   request.set_key(key);
   v1::DeleteRegionResponse reply;
-  auto ctx = impl_->Context();
-  return FromGrpcStatus(impl_->stub->DeleteRegion(ctx.get(), request, &reply), impl_->What("DeleteRegion"));
+  return impl_->Call(&v1::Control::Stub::DeleteRegion, "DeleteRegion", request, &reply);
 }
 
 absl::StatusOr<std::vector<RegionInfo>> Client::List(const std::string& key_prefix) {
@@ -235,8 +230,7 @@ absl::StatusOr<std::vector<RegionInfo>> Client::List(const std::string& key_pref
   request.set_key_prefix(key_prefix);
   request.set_limit(10000);
   v1::ListRegionsResponse reply;
-  auto ctx = impl_->Context();
-  auto status = FromGrpcStatus(impl_->stub->ListRegions(ctx.get(), request, &reply), impl_->What("ListRegions"));
+  auto status = impl_->Call(&v1::Control::Stub::ListRegions, "ListRegions", request, &reply);
   if (!status.ok()) return status;
   std::vector<RegionInfo> out;
   for (const auto& r : reply.regions()) {
@@ -262,8 +256,7 @@ absl::StatusOr<std::vector<RegionInfo>> Client::List(const std::string& key_pref
 absl::StatusOr<PoolStats> Client::Stats() {
   if (impl_->cluster) return impl_->cluster->Stats();
   v1::StatsResponse reply;
-  auto ctx = impl_->Context();
-  auto status = FromGrpcStatus(impl_->stub->Stats(ctx.get(), v1::StatsRequest(), &reply), impl_->What("Stats"));
+  auto status = impl_->Call(&v1::Control::Stub::Stats, "Stats", v1::StatsRequest(), &reply);
   if (!status.ok()) return status;
   PoolStats out;
   out.pool_bytes = reply.pool_bytes();

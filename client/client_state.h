@@ -92,6 +92,15 @@ struct Client::Impl {
     data.fetched_bytes.fetch_add(bytes, std::memory_order_relaxed);
   }
 
+  // One control call with the client's context (deadline, token, wait-for-ready), its gRPC
+  // status turned into an absl::Status naming the call and the daemon.
+  template <typename Request, typename Reply>
+  absl::Status Call(grpc::Status (v1::Control::Stub::*method)(grpc::ClientContext*, const Request&, Reply*),
+                    const char* name, const Request& request, Reply* reply) const {
+    auto ctx = Context();
+    return FromGrpcStatus((stub.get()->*method)(ctx.get(), request, reply), What(name));
+  }
+
   std::unique_ptr<grpc::ClientContext> Context() const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     // Wait out a reconnect (the daemon restarting) within the deadline instead of failing fast.
@@ -234,8 +243,7 @@ struct Region::State {
     }
     v1::OpenRegionResponse reply;
     int64_t sent = NowNs();
-    auto ctx = client->Context();
-    auto status = FromGrpcStatus(client->stub->OpenRegion(ctx.get(), request, &reply), client->What("OpenRegion"));
+    auto status = client->Call(&v1::Control::Stub::OpenRegion, "OpenRegion", request, &reply);
     if (status.code() == absl::StatusCode::kFailedPrecondition && request.for_write()) {
       // The write lease lapsed and another handle took it (or the region was sealed meanwhile):
       // this handle stays open, read-only, instead of becoming unusable.
@@ -244,8 +252,7 @@ struct Region::State {
       request.set_for_write(false);
       request.set_replaces_lease_id(0);
       sent = NowNs();
-      auto retry = client->Context();
-      status = FromGrpcStatus(client->stub->OpenRegion(retry.get(), request, &reply), client->What("OpenRegion"));
+      status = client->Call(&v1::Control::Stub::OpenRegion, "OpenRegion", request, &reply);
     }
     if (!status.ok()) return status;
     if (reply.info().region_id() != region_id) {
@@ -292,8 +299,7 @@ struct Region::State {
     request.set_capacity_tokens(capacity_tokens);
     request.set_lease_id(lease_id.load());
     v1::ExtendRegionResponse reply;
-    auto ctx = client->Context();
-    auto status = FromGrpcStatus(client->stub->ExtendRegion(ctx.get(), request, &reply), client->What("ExtendRegion"));
+    auto status = client->Call(&v1::Control::Stub::ExtendRegion, "ExtendRegion", request, &reply);
     if (!status.ok()) return status;
     auto next = ParseTable(reply.layers(), reply.info().capacity_tokens());
     if (!next.ok()) return next.status();
@@ -308,8 +314,7 @@ struct Region::State {
     request.set_seal(seal);
     request.set_lease_id(lease_id.load());
     v1::CommitRegionResponse reply;
-    auto ctx = client->Context();
-    auto status = FromGrpcStatus(client->stub->CommitRegion(ctx.get(), request, &reply), client->What("CommitRegion"));
+    auto status = client->Call(&v1::Control::Stub::CommitRegion, "CommitRegion", request, &reply);
     if (!status.ok()) return status;
     committed.store(reply.info().committed_tokens(), std::memory_order_release);
     sealed.store(reply.info().sealed());

@@ -32,8 +32,7 @@ void Client::Impl::RenewOnce() {
   stats->set_written_bytes(data.written_bytes.exchange(0));
   v1::RenewLeasesResponse reply;
   int64_t sent = NowNs();
-  auto ctx = Context();
-  auto status = FromGrpcStatus(stub->RenewLeases(ctx.get(), request, &reply), What("RenewLeases"));
+  auto status = Call(&v1::Control::Stub::RenewLeases, "RenewLeases", request, &reply);
   if (!status.ok()) {  // not reported: count it again next time
     CountFetch(stats->fetches(), stats->fetched_entries(), stats->fetched_bytes());
     data.writes.fetch_add(stats->writes());

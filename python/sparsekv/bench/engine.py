@@ -72,7 +72,6 @@ class CpuOps:
 
     # activations
     def quant(self, x):
-        t = self.t
         M, K = x.shape
         xb = x.float().reshape(M, K // QUANT_BLOCK, QUANT_BLOCK)
         s = xb.abs().amax(-1).clamp(min=1e-4) / 448.0
@@ -208,7 +207,6 @@ class CudaOps(CpuOps):
         return x.to(dtype or self.dtype)
 
     def quant(self, x):
-        t = self.t
         M, K = x.shape
         if self.recipe == "rowwise":
             s = x.float().abs().amax(-1, keepdim=True).clamp(min=1e-4) / 448.0

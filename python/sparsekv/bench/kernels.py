@@ -19,7 +19,7 @@ import triton.language as tl
 
 @triton.jit
 def _indexer_kernel(q_ptr, w_ptr, kpool_ptr, kscale_ptr, pt_ptr, req_ptr, len_ptr, out_ptr,
-                    pt_stride, out_stride, layer_pages,
+                    pt_stride, out_stride, layer_pages, pages,
                     H: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, PAGES_PER_PROG: tl.constexpr):
     r = tl.program_id(0)
     pb = tl.program_id(1)
@@ -33,18 +33,19 @@ def _indexer_kernel(q_ptr, w_ptr, kpool_ptr, kscale_ptr, pt_ptr, req_ptr, len_pt
     for i in tl.static_range(PAGES_PER_PROG):
         p = pb * PAGES_PER_PROG + i
         t0 = p * PAGE
-        if t0 < n:
-            page = tl.load(pt_ptr + req * pt_stride + p).to(tl.int64) + layer_pages
-            base = kpool_ptr + page * (PAGE * (D + 4))
-            k = tl.load(base + offs_t[:, None] * D + offs_d[None, :]).to(tl.float8e4nv, bitcast=True)
-            ks = tl.load(kscale_ptr + page * (PAGE * (D + 4) // 4) + (PAGE * D // 4) + offs_t)
-            s = tl.dot(q, tl.trans(k))
-            s = tl.maximum(s, 0.0) * w[:, None]
-            logit = tl.sum(s, axis=0) * ks
-            logit = tl.where(t0 + offs_t < n, logit, float("-inf"))
-            tl.store(out_ptr + r * out_stride + t0 + offs_t, logit)
-        else:
-            tl.store(out_ptr + r * out_stride + t0 + offs_t, tl.full([PAGE], float("-inf"), tl.float32))
+        if p < pages:  # the grid rounds the row's pages up to whole programs
+            if t0 < n:
+                page = tl.load(pt_ptr + req * pt_stride + p).to(tl.int64) + layer_pages
+                base = kpool_ptr + page * (PAGE * (D + 4))
+                k = tl.load(base + offs_t[:, None] * D + offs_d[None, :]).to(tl.float8e4nv, bitcast=True)
+                ks = tl.load(kscale_ptr + page * (PAGE * (D + 4) // 4) + (PAGE * D // 4) + offs_t)
+                s = tl.dot(q, tl.trans(k))
+                s = tl.maximum(s, 0.0) * w[:, None]
+                logit = tl.sum(s, axis=0) * ks
+                logit = tl.where(t0 + offs_t < n, logit, float("-inf"))
+                tl.store(out_ptr + r * out_stride + t0 + offs_t, logit)
+            else:
+                tl.store(out_ptr + r * out_stride + t0 + offs_t, tl.full([PAGE], float("-inf"), tl.float32))
 
 
 def indexer_logits(q8, w, key_pool, layer, page_table, row_req, row_len, out, pages_per_prog=4, num_warps=4):
@@ -58,7 +59,7 @@ def indexer_logits(q8, w, key_pool, layer, page_table, row_req, row_len, out, pa
     flat = key_pool.view(-1)
     grid = (R, triton.cdiv(pages, pages_per_prog))
     _indexer_kernel[grid](q8, w, flat, flat.view(torch.float32), page_table, row_req, row_len, out,
-                          page_table.stride(0), out.stride(0), layer * P,
+                          page_table.stride(0), out.stride(0), layer * P, pages,
                           H=H, D=D, PAGE=page, PAGES_PER_PROG=pages_per_prog, num_warps=num_warps)
     return out
 

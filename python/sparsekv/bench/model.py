@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 FP8_MAX = 448.0
 QUANT_BLOCK = 128  # DeepSeek's FP8 blocks: 1x128 for activations, 128x128 for weights
