@@ -26,7 +26,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "client/internal.h"
+#include "client/region_view.h"
 #include "client/transports/shm_transport.h"
 #include "common/size_parse.h"
 #include "sparsekv/cuda.h"

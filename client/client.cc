@@ -155,14 +155,14 @@ absl::StatusOr<std::shared_ptr<Region>> Client::Create(const RegionSpec& spec) {
   return CreateFrom(CreateRequest(spec));
 }
 
-absl::StatusOr<std::shared_ptr<Region>> ClusterInternals::CreateReplica(Client& client, const RegionSpec& spec,
+absl::StatusOr<std::shared_ptr<Region>> NodeCalls::CreateReplica(Client& client, const RegionSpec& spec,
                                                                         const std::string& source_node) {
   v1::CreateRegionRequest request = CreateRequest(spec);
   request.set_replica_of(source_node);
   return client.CreateFrom(request);
 }
 
-absl::StatusOr<v1::ReplicateRegionResponse> ClusterInternals::Replicate(Client& client, const std::string& key,
+absl::StatusOr<v1::ReplicateRegionResponse> NodeCalls::Replicate(Client& client, const std::string& key,
                                                                         int32_t replicas, bool exclude_self) {
   v1::ReplicateRegionRequest request;
   request.set_key(key);
@@ -178,7 +178,7 @@ absl::StatusOr<v1::ReplicateRegionResponse> ClusterInternals::Replicate(Client& 
   return reply;
 }
 
-absl::StatusOr<std::string> ClusterInternals::Namespace(Client& client) {
+absl::StatusOr<std::string> NodeCalls::Namespace(Client& client) {
   v1::ListRegionsRequest request;
   request.set_key_prefix(std::string(1, '\x01'));  // matches no key: only the namespace comes back
   request.set_limit(1);

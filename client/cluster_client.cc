@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "client/cluster_internal.h"
+#include "client/node_calls.h"
 #include "common/host_id.h"
 #include "common/log.h"
 
@@ -91,7 +91,7 @@ absl::StatusOr<std::string> ClusterClient::Namespace() {
       last = client.status();
       continue;
     }
-    auto ns = ClusterInternals::Namespace(**client);
+    auto ns = NodeCalls::Namespace(**client);
     if (!ns.ok()) {
       last = ns.status();
       if (ns.status().code() == absl::StatusCode::kUnauthenticated) return last;
@@ -369,7 +369,7 @@ absl::Status ClusterClient::Replicate(const std::string& key, int32_t replicas) 
     if (node == nullptr) continue;
     auto client = NodeClient(*node);
     if (!client.ok()) return client.status();
-    auto done = ClusterInternals::Replicate(**client, key, replicas, false);
+    auto done = NodeCalls::Replicate(**client, key, replicas, false);
     if (done.ok() || !Retryable(done.status())) return done.status();
     last = done.status();
   }

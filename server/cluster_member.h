@@ -32,6 +32,9 @@
 
 namespace sparsekv {
 
+// Whether a directory entry lists `node` among the region's holders.
+bool Lists(const v1::ClusterRegionEntry& entry, const std::string& node);
+
 class ClusterMember : public RegionObserver {
  public:
   struct Options {
@@ -60,15 +63,15 @@ class ClusterMember : public RegionObserver {
   // while etcd cannot be reached (placements are refused, not guessed).
   absl::Status Claim(const v1::CreateRegionRequest& request);
   // After the create that followed a successful Claim: `created` false gives the claim back.
-  void Claimed(const std::string& key, bool created);
+  void OnClaimed(const std::string& key, bool created);
   // After a seal: records it; a replica lists itself; the primary starts copying replicas.
-  void Sealed(const v1::RegionInfo& info);
+  void OnSealed(const v1::RegionInfo& info);
   // Copies a sealed region here to other nodes until `replicas` live copies exist.
   absl::StatusOr<v1::ReplicateRegionResponse> Replicate(const v1::ReplicateRegionRequest& request);
 
   void OnRemoved(const std::string& key) override;
   // After a delete through this node: the entry drops this node before the call returns.
-  void Deleted(const std::string& key);
+  void OnDeleted(const std::string& key);
 
   const std::string& node_id() const { return options_.node_id; }
   bool connected() const { return registered_.load(); }

@@ -17,16 +17,16 @@ namespace {
 std::string PrefixOf(const Caller& caller) { return caller.admin ? std::string() : caller.tenant + "/"; }
 
 // A tenant never sees its namespace prefix, in keys or in messages.
-absl::Status Outward(const absl::Status& status, const std::string& prefix) {
+absl::Status HideTenantPrefix(const absl::Status& status, const std::string& prefix) {
   if (status.ok() || prefix.empty()) return status;
   return absl::Status(status.code(), absl::StrReplaceAll(status.message(), {{"'" + prefix, "'"}}));
 }
 
-void Outward(v1::RegionInfo* info, const std::string& prefix) {
+void HideTenantPrefix(v1::RegionInfo* info, const std::string& prefix) {
   if (!prefix.empty() && absl::StartsWith(info->key(), prefix)) info->set_key(info->key().substr(prefix.size()));
 }
 
-absl::StatusOr<std::string> Inward(const std::string& key, const std::string& prefix) {
+absl::StatusOr<std::string> WithTenantPrefix(const std::string& key, const std::string& prefix) {
   if (key.empty()) return absl::InvalidArgumentError("region key is empty");
   return prefix + key;
 }
@@ -67,7 +67,7 @@ grpc::Status ControlService::Serve(const char* method, grpc::ServerContext* cont
   if (result.status().code() != absl::StatusCode::kUnauthenticated) {
     const std::string prefix = PrefixOf(caller);
     result = handler(caller, prefix);
-    if (!result.ok()) result = Outward(result.status(), prefix);
+    if (!result.ok()) result = HideTenantPrefix(result.status(), prefix);
   }
   absl::Status status = result.status();
   if (result.ok()) *response = *std::move(result);
@@ -79,7 +79,7 @@ grpc::Status ControlService::Serve(const char* method, grpc::ServerContext* cont
 // Rewrites request.key into the caller's namespace, runs `call`, and maps the reply's key back.
 #define SKV_KEYED(Request, call, fix_reply)                                       \
   [&](const Caller& caller, const std::string& prefix) -> decltype(call(*request)) { \
-    auto key = Inward(request->key(), prefix);                                     \
+    auto key = WithTenantPrefix(request->key(), prefix);                                     \
     if (!key.ok()) return key.status();                                            \
     Request scoped = *request;                                                     \
     scoped.set_key(*key);                                                          \
@@ -99,33 +99,33 @@ grpc::Status ControlService::CreateRegion(grpc::ServerContext* ctx, const v1::Cr
     if (auto s = table_->ValidateCreate(r); !s.ok()) return s;  // bad requests claim nothing
     if (auto s = cluster_->Claim(r); !s.ok()) return s;
     auto created = table_->Create(r, SteadyDeadline(ctx));
-    cluster_->Claimed(r.key(), created.ok());
+    cluster_->OnClaimed(r.key(), created.ok());
     return created;
   };
   return Serve("CreateRegion", ctx, response,
-               SKV_KEYED(v1::CreateRegionRequest, call, Outward(reply->mutable_info(), prefix)));
+               SKV_KEYED(v1::CreateRegionRequest, call, HideTenantPrefix(reply->mutable_info(), prefix)));
 }
 grpc::Status ControlService::OpenRegion(grpc::ServerContext* ctx, const v1::OpenRegionRequest* request,
                                         v1::OpenRegionResponse* response) {
   auto call = [&](const v1::OpenRegionRequest& r) { return table_->Open(r); };
   return Serve("OpenRegion", ctx, response,
-               SKV_KEYED(v1::OpenRegionRequest, call, Outward(reply->mutable_info(), prefix)));
+               SKV_KEYED(v1::OpenRegionRequest, call, HideTenantPrefix(reply->mutable_info(), prefix)));
 }
 grpc::Status ControlService::ExtendRegion(grpc::ServerContext* ctx, const v1::ExtendRegionRequest* request,
                                           v1::ExtendRegionResponse* response) {
   auto call = [&](const v1::ExtendRegionRequest& r) { return table_->Extend(r, SteadyDeadline(ctx)); };
   return Serve("ExtendRegion", ctx, response,
-               SKV_KEYED(v1::ExtendRegionRequest, call, Outward(reply->mutable_info(), prefix)));
+               SKV_KEYED(v1::ExtendRegionRequest, call, HideTenantPrefix(reply->mutable_info(), prefix)));
 }
 grpc::Status ControlService::CommitRegion(grpc::ServerContext* ctx, const v1::CommitRegionRequest* request,
                                           v1::CommitRegionResponse* response) {
   auto call = [&](const v1::CommitRegionRequest& r) {
     auto committed = table_->Commit(r);
-    if (committed.ok() && r.seal() && cluster_ != nullptr) cluster_->Sealed(committed->info());
+    if (committed.ok() && r.seal() && cluster_ != nullptr) cluster_->OnSealed(committed->info());
     return committed;
   };
   return Serve("CommitRegion", ctx, response,
-               SKV_KEYED(v1::CommitRegionRequest, call, Outward(reply->mutable_info(), prefix)));
+               SKV_KEYED(v1::CommitRegionRequest, call, HideTenantPrefix(reply->mutable_info(), prefix)));
 }
 grpc::Status ControlService::RenewLeases(grpc::ServerContext* ctx, const v1::RenewLeasesRequest* request,
                                          v1::RenewLeasesResponse* response) {
@@ -151,7 +151,7 @@ grpc::Status ControlService::DeleteRegion(grpc::ServerContext* ctx, const v1::De
                                           v1::DeleteRegionResponse* response) {
   auto call = [&](const v1::DeleteRegionRequest& r) {
     auto deleted = table_->Delete(r);
-    if (deleted.ok() && cluster_ != nullptr) cluster_->Deleted(r.key());
+    if (deleted.ok() && cluster_ != nullptr) cluster_->OnDeleted(r.key());
     return deleted;
   };
   return Serve("DeleteRegion", ctx, response, SKV_KEYED(v1::DeleteRegionRequest, call, (void)0));
@@ -164,7 +164,7 @@ grpc::Status ControlService::ListRegions(grpc::ServerContext* ctx, const v1::Lis
                  scoped.set_key_prefix(prefix + request->key_prefix());
                  auto listed = table_->List(scoped);
                  if (listed.ok()) {
-                   for (auto& info : *listed->mutable_regions()) Outward(&info, prefix);
+                   for (auto& info : *listed->mutable_regions()) HideTenantPrefix(&info, prefix);
                    listed->set_key_prefix(prefix);
                  }
                  return listed;
@@ -173,7 +173,7 @@ grpc::Status ControlService::ListRegions(grpc::ServerContext* ctx, const v1::Lis
 grpc::Status ControlService::GetRegion(grpc::ServerContext* ctx, const v1::GetRegionRequest* request,
                                        v1::RegionInfo* response) {
   auto call = [&](const v1::GetRegionRequest& r) { return table_->Get(r); };
-  return Serve("GetRegion", ctx, response, SKV_KEYED(v1::GetRegionRequest, call, Outward(&*reply, prefix)));
+  return Serve("GetRegion", ctx, response, SKV_KEYED(v1::GetRegionRequest, call, HideTenantPrefix(&*reply, prefix)));
 }
 grpc::Status ControlService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest*,
                                    v1::StatsResponse* response) {

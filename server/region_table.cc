@@ -25,13 +25,12 @@ namespace {
 constexpr int64_t kMaxTtlMs = int64_t{30} * 24 * 3600 * 1000;
 constexpr int32_t kDefaultListLimit = 1000;
 
-int64_t UnixMillis() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
+}  // namespace
+
+int64_t UnixMillisNow() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
-
-}  // namespace
 
 
 thread_local std::optional<RegionTable::Shortfall> RegionTable::shortfall_;
@@ -201,7 +200,7 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
   region->id = next_region_id_++;
   region->key = req.key();
   region->geometry = *geometry;
-  region->created_unix_ms = UnixMillis();
+  region->created_unix_ms = UnixMillisNow();
   region->last_access = now;
   region->ttl_ms = req.ttl_ms();
   region->pages.resize(req.layers());

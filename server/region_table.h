@@ -48,6 +48,9 @@ class RegionObserver {
   virtual void OnRemoved(const std::string& key) = 0;
 };
 
+// Wall-clock milliseconds since the epoch (region creation and last-access times in replies).
+int64_t UnixMillisNow();
+
 class RegionTable {
  public:
   using Clock = std::chrono::steady_clock;

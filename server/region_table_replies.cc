@@ -21,19 +21,6 @@
 #include "common/size_parse.h"
 
 namespace sparsekv {
-namespace {
-
-constexpr int64_t kMaxTtlMs = int64_t{30} * 24 * 3600 * 1000;
-constexpr int32_t kDefaultListLimit = 1000;
-
-int64_t UnixMillis() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
-
 
 void RegionTable::FillInfoLocked(const Region& r, Clock::time_point now, v1::RegionInfo* info) const {
   info->set_key(r.key);
@@ -50,7 +37,7 @@ void RegionTable::FillInfoLocked(const Region& r, Clock::time_point now, v1::Reg
   info->set_bytes(r.page_count() * page_bytes_);
   info->set_created_unix_ms(r.created_unix_ms);
   info->set_last_access_unix_ms(
-      UnixMillis() - std::chrono::duration_cast<std::chrono::milliseconds>(now - r.last_access).count());
+      UnixMillisNow() - std::chrono::duration_cast<std::chrono::milliseconds>(now - r.last_access).count());
   info->set_ttl_ms(r.ttl_ms);
   int32_t live = 0;
   for (const auto& [id, expiry] : r.leases) live += expiry > now ? 1 : 0;

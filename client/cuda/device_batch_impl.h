@@ -14,7 +14,7 @@
 
 #include "absl/strings/str_format.h"
 #include "client/cuda/kernels.h"
-#include "client/internal.h"
+#include "client/region_view.h"
 #include "client/transports/shm_transport.h"
 #include "sparsekv/cuda.h"
 

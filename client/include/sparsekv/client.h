@@ -182,7 +182,7 @@ class Client {
   struct Impl;
 
  private:
-  friend struct ClusterInternals;
+  friend struct NodeCalls;
   explicit Client(std::shared_ptr<Impl> impl);
   absl::StatusOr<std::shared_ptr<Region>> OpenRegion(const std::string& key, bool for_write);
   absl::StatusOr<std::shared_ptr<Region>> CreateFrom(const v1::CreateRegionRequest& request);

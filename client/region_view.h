@@ -1,8 +1,8 @@
 // What other parts of libsparsekv (the CUDA component) may see of a Region handle beyond the
 // public API: its geometry, page-table snapshot, committed length and transport. Not
 // installed.
-#ifndef SPARSEKV_CLIENT_INTERNAL_H_
-#define SPARSEKV_CLIENT_INTERNAL_H_
+#ifndef SPARSEKV_CLIENT_REGION_VIEW_H_
+#define SPARSEKV_CLIENT_REGION_VIEW_H_
 
 #include <cstdint>
 #include <memory>
@@ -33,4 +33,4 @@ RegionView ViewOf(const Region& region);
 
 }  // namespace sparsekv
 
-#endif  // SPARSEKV_CLIENT_INTERNAL_H_
+#endif  // SPARSEKV_CLIENT_REGION_VIEW_H_

@@ -1,6 +1,7 @@
-// What the cluster layer needs of libsparsekv beyond its public API. Not installed.
-#ifndef SPARSEKV_CLIENT_CLUSTER_INTERNAL_H_
-#define SPARSEKV_CLIENT_CLUSTER_INTERNAL_H_
+// NodeCalls: the calls one cluster node makes on a client of another (replica copies, the
+// caller's namespace, replicate) beyond the public API. Not installed.
+#ifndef SPARSEKV_CLIENT_NODE_CALLS_H_
+#define SPARSEKV_CLIENT_NODE_CALLS_H_
 
 #include <memory>
 #include <string>
@@ -11,7 +12,7 @@
 
 namespace sparsekv {
 
-struct ClusterInternals {
+struct NodeCalls {
   // A node copying its sealed region `spec.key` to this client's daemon: creates the copy
   // without claiming the key in the directory (the source lists the copy once it is sealed).
   static absl::StatusOr<std::shared_ptr<Region>> CreateReplica(Client& client, const RegionSpec& spec,
@@ -25,4 +26,4 @@ struct ClusterInternals {
 
 }  // namespace sparsekv
 
-#endif  // SPARSEKV_CLIENT_CLUSTER_INTERNAL_H_
+#endif  // SPARSEKV_CLIENT_NODE_CALLS_H_
