@@ -96,9 +96,10 @@ grpc::Status ControlService::CreateRegion(grpc::ServerContext* ctx, const v1::Cr
       // A peer copying its sealed region here: it lists the copy once the checksums match.
       return table_->Create(r, SteadyDeadline(ctx));
     }
-    if (auto s = table_->ValidateCreate(r); !s.ok()) return s;  // bad requests claim nothing
+    auto plan = table_->ValidateCreate(r);  // bad requests claim nothing
+    if (!plan.ok()) return plan.status();
     if (auto s = cluster_->Claim(r); !s.ok()) return s;
-    auto created = table_->Create(r, SteadyDeadline(ctx));
+    auto created = table_->Create(r, *plan, SteadyDeadline(ctx));
     cluster_->OnClaimed(r.key(), created.ok());
     return created;
   };

@@ -128,7 +128,7 @@ absl::StatusOr<RegionTable::Region*> RegionTable::FindLocked(const std::string& 
   return it->second.get();
 }
 
-absl::Status RegionTable::ValidateCreate(const v1::CreateRegionRequest& req) {
+absl::StatusOr<RegionTable::CreatePlan> RegionTable::ValidateCreate(const v1::CreateRegionRequest& req) {
   if (auto s = ValidateKey(req.key()); !s.ok()) return s;
   const Limits lim = limits();
   if (req.layers() <= 0 || req.layers() > lim.max_layers) {
@@ -167,15 +167,19 @@ absl::Status RegionTable::ValidateCreate(const v1::CreateRegionRequest& req) {
         "region '%s': this daemon is draining and accepts no new regions; existing regions stay "
         "readable", req.key()));
   }
-  return absl::OkStatus();
+  return CreatePlan{*geometry, pages_needed};
 }
 
 absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req,
                                                            Clock::time_point deadline) {
-  if (auto s = ValidateCreate(req); !s.ok()) return s;
+  auto plan = ValidateCreate(req);
+  if (!plan.ok()) return plan.status();
+  return Create(req, *plan, deadline);
+}
+
+absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegionRequest& req, const CreatePlan& plan,
+                                                           Clock::time_point deadline) {
   const Limits lim = limits();
-  auto geometry = MakeGeometry(req.layers(), req.entry_bytes(), page_bytes_);
-  int64_t pages_needed = geometry->PagesPerLayer(req.capacity_tokens()) * req.layers();
   return RetryUntilDeadline(deadline, [&]() -> absl::StatusOr<v1::OpenRegionResponse> {
   absl::MutexLock lock(&mu_);
   auto now = Clock::now();
@@ -199,7 +203,7 @@ absl::StatusOr<v1::OpenRegionResponse> RegionTable::Create(const v1::CreateRegio
   auto region = std::make_unique<Region>();
   region->id = next_region_id_++;
   region->key = req.key();
-  region->geometry = *geometry;
+  region->geometry = plan.geometry;
   region->created_unix_ms = UnixMillisNow();
   region->last_access = now;
   region->ttl_ms = req.ttl_ms();

@@ -60,12 +60,21 @@ class RegionTable {
               std::string fd_socket_path);
   ~RegionTable();
 
+  // What a valid create request will build: the region's geometry and the pages its capacity
+  // needs (from ValidateCreate, consumed by Create).
+  struct CreatePlan {
+    Geometry geometry;
+    int64_t pages = 0;
+  };
+  // The checks Create makes before it allocates (shape, limits, draining), with no side effect.
+  absl::StatusOr<CreatePlan> ValidateCreate(const v1::CreateRegionRequest& request);
   // Create and Extend wait, until `deadline`, for quarantined pages that would make the request
-  // fit (after a restart, or right after deletions) instead of failing at once.
+  // fit (after a restart, or right after deletions) instead of failing at once. Create validates
+  // the request itself, or takes the plan of a ValidateCreate the caller already made.
   absl::StatusOr<v1::OpenRegionResponse> Create(const v1::CreateRegionRequest& request,
                                                 Clock::time_point deadline = {});
-  // The checks Create makes before it allocates (shape, limits, draining), with no side effect.
-  absl::Status ValidateCreate(const v1::CreateRegionRequest& request);
+  absl::StatusOr<v1::OpenRegionResponse> Create(const v1::CreateRegionRequest& request, const CreatePlan& plan,
+                                                Clock::time_point deadline = {});
   absl::StatusOr<v1::OpenRegionResponse> Open(const v1::OpenRegionRequest& request);
   absl::StatusOr<v1::ExtendRegionResponse> Extend(const v1::ExtendRegionRequest& request,
                                                  Clock::time_point deadline = {});
