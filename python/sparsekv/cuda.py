@@ -152,36 +152,35 @@ class ResidencyCache(_Closable):
 
 class _FetchPath:
     """Region.fetch(out=cuda_tensor): a per-client DeviceBatch whose slots hold the regions
-    fetched into device memory (bound on first use, evicted oldest-first when full)."""
+    fetched into device memory (bound on first use, the least recently bound evicted when full;
+    the DeviceBatch's own slot table says which region a slot holds)."""
 
     def __init__(self, client: Client, device: int, layers: int, entry_bytes: int, slots: int = 64):
         self.batch = DeviceBatch(client, layers, entry_bytes, max_slots=slots, device=device)
-        self.slot_of: Dict[int, int] = {}
-        self.order: List[int] = []
+        self.order: List[int] = []  # bound slots, oldest first
 
     def close(self) -> None:
         self.batch.close()
 
+    def _slot_of(self, region: Region) -> Optional[int]:
+        return next((s for s, r in self.batch._bound.items() if r is region), None)
+
     def forget(self, region: Region) -> None:
-        slot = self.slot_of.pop(id(region), None)
+        slot = self._slot_of(region)
         if slot is not None:
             self.batch.release(slot)
             self.order.remove(slot)
 
     def fetch(self, region: Region, layer: int, indices: Any, out: Any, stream: Any, check: bool):
-        slot = self.slot_of.get(id(region))
+        slot = self._slot_of(region)
         if slot is None:
-            free = sorted(set(range(self.batch.max_slots)) - set(self.slot_of.values()))
+            free = sorted(set(range(self.batch.max_slots)) - set(self.batch._bound))
             if not free:
                 oldest = self.order.pop(0)
-                for key, s in list(self.slot_of.items()):
-                    if s == oldest:
-                        del self.slot_of[key]
                 self.batch.release(oldest)
                 free = [oldest]
             slot = free[0]
             self.batch.bind(slot, region, stream)
-            self.slot_of[id(region)] = slot
             self.order.append(slot)
         else:
             self.batch.sync(stream)
