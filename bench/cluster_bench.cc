@@ -24,6 +24,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_util.h"
 #include "sparsekv/client.h"
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/etcd_fixture.h"
@@ -43,19 +44,12 @@ struct Shape {
   std::string pool = "384MiB";
 };
 
+using bench::Percentile;
+
 void Emit(const std::string& part, const std::string& labels, const std::string& metric, double value,
           const std::string& unit, double ratio = -1, const std::string& ratio_to = "") {
-  std::string line = absl::StrFormat("{\"bench\":\"cluster\",\"part\":\"%s\"%s", part, labels);
-  absl::StrAppendFormat(&line, ",\"metric\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"", metric, value, unit);
-  if (ratio >= 0) absl::StrAppendFormat(&line, ",\"ratio\":%.4f,\"ratio_to\":\"%s\"", ratio, ratio_to);
-  std::printf("%s}\n", line.c_str());
-  std::fflush(stdout);
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+  bench::EmitMeasurement(absl::StrFormat("{\"bench\":\"cluster\",\"part\":\"%s\"%s", part, labels), metric, value,
+                         unit, ratio, ratio_to);
 }
 
 void Die(const std::string& what, const absl::Status& s) {

@@ -40,6 +40,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/baselines_redis.h"
+#include "bench/bench_util.h"
 #include "bench/workloads.h"
 #include "client/fetch_planner.h"
 #include "client/transports/shm_transport.h"
@@ -54,13 +55,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
-  return v[std::min(i, v.size() - 1)];
-}
 
 struct Labels {
   std::string workload, transport = "shm", indices;
@@ -77,10 +71,7 @@ void Emit(const Labels& l, const std::string& metric, double value, const std::s
   if (l.batch > 0) absl::StrAppendFormat(&line, ",\"batch\":%d", l.batch);
   if (!l.indices.empty()) absl::StrAppendFormat(&line, ",\"indices\":\"%s\"", l.indices);
   absl::StrAppendFormat(&line, ",\"backing\":\"%s\",\"threads\":%d", g_backing, g_label_threads);
-  absl::StrAppendFormat(&line, ",\"metric\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"", metric, value, unit);
-  if (ratio >= 0) absl::StrAppendFormat(&line, ",\"ratio\":%.4f,\"ratio_to\":\"%s\"", ratio, ratio_to);
-  std::printf("%s}\n", line.c_str());
-  std::fflush(stdout);
+  EmitMeasurement(std::move(line), metric, value, unit, ratio, ratio_to);
 }
 
 // Stamps the first 8 bytes of an entry with who it is; the rest is filler. Cheap to write at

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/region_view.h"
@@ -39,6 +40,8 @@ void HoldStream(cudaStream_t stream, int us);
 }  // namespace sparsekv::bench
 
 using namespace sparsekv;
+using sparsekv::bench::EmitMeasurement;
+using sparsekv::bench::Median;
 using sparsekv::cuda::DeviceBatch;
 using sparsekv::cuda::ResidencyCache;
 
@@ -67,12 +70,9 @@ std::string g_backing = "memfd";
 
 void Emit(const std::string& workload, const std::string& metric, double value, const std::string& unit,
           double ratio = -1, const std::string& ratio_to = "") {
-  std::string line = absl::StrFormat(
-      R"({"bench":"gpu","card":"%s","backing":"%s","workload":"%s","metric":"%s","value":%.4g,"unit":"%s")", g_card,
-      g_backing, workload, metric, value, unit);
-  if (ratio >= 0) absl::StrAppendFormat(&line, R"(,"ratio":%.3f,"ratio_to":"%s")", ratio, ratio_to);
-  std::printf("%s}\n", line.c_str());
-  std::fflush(stdout);
+  EmitMeasurement(absl::StrFormat(R"({"bench":"gpu","card":"%s","backing":"%s","workload":"%s")", g_card, g_backing,
+                                  workload),
+                  metric, value, unit, ratio, ratio_to, /*value_digits=*/4, /*ratio_decimals=*/3);
 }
 
 bool Listed(const std::string& list, const std::string& item) {
@@ -96,11 +96,6 @@ std::pair<double, double> FitLine(const std::vector<double>& x, const std::vecto
   if (n < 2 || d == 0) return {0, 0};
   const double b = (n * sxy - sx * sy) / d;
   return {(sy - b * sx) / n, b};
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 // Device-side head start given to the host before each timed run (see TimeIt).
