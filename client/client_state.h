@@ -275,6 +275,23 @@ struct Region::State {
   }
 
   // Validates and resolves indices of one layer; refreshes once if the region may have grown.
+  // The one check of a fetch from this handle: the destination holds the entries, the lease
+  // holds, the layer and every index are readable; resolves the indices to pool offsets and says
+  // how many bytes will land in dst. Region::Fetch and every batch use it.
+  absl::Status PrepareFetch(int32_t layer, absl::Span<const int32_t> indices, absl::Span<const std::byte> dst,
+                            absl::Span<int64_t> offsets, size_t* bytes) {
+    size_t need = 0;
+    if (!CheckedMul(indices.size(), static_cast<size_t>(geometry.entry_bytes), &need) || dst.size() < need) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "destination of %d bytes cannot hold %d entries of %d bytes of region '%s'", dst.size(), indices.size(),
+          geometry.entry_bytes, key));
+    }
+    if (auto st = CheckLease(); !st.ok()) return st;
+    if (auto st = Resolve(layer, indices, offsets); !st.ok()) return st;
+    *bytes = need;
+    return absl::OkStatus();
+  }
+
   absl::Status Resolve(int32_t layer, absl::Span<const int32_t> indices, absl::Span<int64_t> offsets) {
     auto snapshot = table.load(std::memory_order_acquire);
     RegionLayout layout{&key, geometry, &snapshot->layers};

@@ -158,16 +158,10 @@ absl::Status Region::Verify() const {
 
 absl::Status Region::Fetch(int32_t layer, absl::Span<const int32_t> indices, absl::Span<std::byte> dst) const {
   State& s = *state_;
-  size_t need = 0;
-  if (!CheckedMul(indices.size(), static_cast<size_t>(s.geometry.entry_bytes), &need) || dst.size() < need) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "destination of %d bytes cannot hold %d entries of %d bytes of region '%s'", dst.size(),
-        indices.size(), s.geometry.entry_bytes, s.key));
-  }
-  if (auto st = s.CheckLease(); !st.ok()) return st;
   std::vector<int64_t>& offsets = OffsetScratch(indices.size());
   auto resolved = absl::MakeSpan(offsets.data(), indices.size());
-  if (auto st = s.Resolve(layer, indices, resolved); !st.ok()) return st;
+  size_t need = 0;
+  if (auto st = s.PrepareFetch(layer, indices, dst, resolved, &need); !st.ok()) return st;
   if (auto st = s.CurrentTransport()->Gather(resolved, s.geometry.entry_bytes, dst.data()); !st.ok()) return st;
   s.client->CountFetch(1, static_cast<int64_t>(indices.size()), static_cast<int64_t>(need));
   return s.CheckLease();  // the lease must still have held when the copy finished

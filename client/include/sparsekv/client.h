@@ -186,6 +186,12 @@ class Client {
   explicit Client(std::shared_ptr<Impl> impl);
   absl::StatusOr<std::shared_ptr<Region>> OpenRegion(const std::string& key, bool for_write);
   absl::StatusOr<std::shared_ptr<Region>> CreateFrom(const v1::CreateRegionRequest& request);
+  // A batch in two passes (fetch_batch.cc): every item checked and resolved, then the bytes
+  // moved; a cluster view resolves each node's part on that node's client, then moves them all.
+  struct ResolvedBatch;
+  absl::Status ResolveBatch(absl::Span<const FetchItem> items, absl::Span<const size_t> numbers,
+                            ResolvedBatch* out) const;
+  absl::Status MoveBatch(const ResolvedBatch& batch);
   absl::Status ClusterFetchBatch(absl::Span<const FetchItem> items);
   std::shared_ptr<Impl> impl_;
 };
