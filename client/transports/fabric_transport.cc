@@ -100,9 +100,9 @@ absl::StatusOr<std::shared_ptr<FabricTransport>> FabricTransport::Open(const Fab
 
 FabricTransport::~FabricTransport() {
   absl::MutexLock lock(&mu_);
-  idle_.clear();
-  for (auto& [addr, r] : registered_) CloseFid(&r.mr->fid);
-  registered_.clear();
+  idle_.Clear();
+  registered_.ForEach([](fid_mr* mr) { CloseFid(&mr->fid); });
+  registered_.Clear();
   CloseFid(domain_ ? &domain_->fid : nullptr);
   CloseFid(fabric_ ? &fabric_->fid : nullptr);
   if (info_ != nullptr) fi_freeinfo(info_);
@@ -111,11 +111,7 @@ FabricTransport::~FabricTransport() {
 absl::StatusOr<std::unique_ptr<FabricTransport::Lane>> FabricTransport::AcquireLane() {
   {
     absl::MutexLock lock(&mu_);
-    if (!idle_.empty()) {
-      auto lane = std::move(idle_.back());
-      idle_.pop_back();
-      return lane;
-    }
+    if (auto lane = idle_.Take()) return lane;
   }
   auto lane = std::make_unique<Lane>();
   const std::string what = absl::StrCat("fabric provider ", provider_);
@@ -155,7 +151,7 @@ absl::StatusOr<std::unique_ptr<FabricTransport::Lane>> FabricTransport::AcquireL
 
 void FabricTransport::ReleaseLane(std::unique_ptr<Lane> lane) {
   absl::MutexLock lock(&mu_);
-  idle_.push_back(std::move(lane));
+  idle_.Give(std::move(lane));
 }
 
 absl::Status FabricTransport::RegisterBuffer(void* addr, size_t bytes) {
@@ -164,31 +160,22 @@ absl::Status FabricTransport::RegisterBuffer(void* addr, size_t bytes) {
   int rc = fi_mr_reg(domain_, addr, bytes, FI_READ | FI_WRITE, 0, next_key_++, 0, &mr, nullptr);
   if (rc != 0) return FabricError(rc, absl::StrFormat("registering %d bytes at %p with %s", bytes, addr, provider_));
   absl::MutexLock lock(&mu_);
-  auto [it, inserted] = registered_.emplace(reinterpret_cast<uintptr_t>(addr), Registered{bytes, mr});
-  if (!inserted) {
-    CloseFid(&it->second.mr->fid);
-    it->second = {bytes, mr};
-  }
+  if (fid_mr* old = registered_.Put(addr, bytes, mr)) CloseFid(&old->fid);
   return absl::OkStatus();
 }
 
 absl::Status FabricTransport::UnregisterBuffer(void* addr) {
   absl::MutexLock lock(&mu_);
-  auto it = registered_.find(reinterpret_cast<uintptr_t>(addr));
-  if (it == registered_.end()) return absl::NotFoundError(absl::StrFormat("no buffer registered at %p", addr));
-  CloseFid(&it->second.mr->fid);
-  registered_.erase(it);
+  fid_mr* mr = registered_.Take(addr);
+  if (mr == nullptr) return absl::NotFoundError(absl::StrFormat("no buffer registered at %p", addr));
+  CloseFid(&mr->fid);
   return absl::OkStatus();
 }
 
 void* FabricTransport::DescFor(const std::byte* p, size_t len) {
   absl::MutexLock lock(&mu_);
-  const auto at = reinterpret_cast<uintptr_t>(p);
-  auto it = registered_.upper_bound(at);
-  if (it == registered_.begin()) return nullptr;
-  --it;
-  if (at + len > it->first + it->second.bytes) return nullptr;
-  return fi_mr_desc(it->second.mr);
+  fid_mr* mr = registered_.Covering(p, len);
+  return mr == nullptr ? nullptr : fi_mr_desc(mr);
 }
 
 absl::Status FabricTransport::Read(absl::Span<const GatherWork> work) {

@@ -23,6 +23,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "client/transports/rma_registry.h"
 #include "client/transport.h"
 #include "client/rma_plugin.h"
 
@@ -68,12 +69,8 @@ class FabricTransport final : public RmaTransport {
   std::atomic<uint64_t> next_key_{1};  // local registrations need distinct keys (no FI_MR_PROV_KEY)
 
   absl::Mutex mu_;
-  std::vector<std::unique_ptr<Lane>> idle_ ABSL_GUARDED_BY(mu_);
-  struct Registered {
-    size_t bytes;
-    fid_mr* mr;
-  };
-  std::map<uintptr_t, Registered> registered_ ABSL_GUARDED_BY(mu_);
+  IdleLanes<Lane> idle_ ABSL_GUARDED_BY(mu_);
+  RegisteredBuffers<fid_mr*> registered_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sparsekv

@@ -101,19 +101,15 @@ absl::StatusOr<std::shared_ptr<VerbsTransport>> VerbsTransport::Connect(const Ve
 
 VerbsTransport::~VerbsTransport() {
   absl::MutexLock lock(&mu_);
-  idle_.clear();
-  for (auto& [addr, mr] : registered_) ibv_dereg_mr(mr);
+  idle_.Clear();
+  registered_.ForEach([](ibv_mr* mr) { ibv_dereg_mr(mr); });
   if (pd_ != nullptr) ibv_dealloc_pd(pd_);
 }
 
 absl::StatusOr<std::unique_ptr<VerbsTransport::Connection>> VerbsTransport::AcquireConnection() {
   {
     absl::MutexLock lock(&mu_);
-    if (!idle_.empty()) {
-      auto c = std::move(idle_.back());
-      idle_.pop_back();
-      return c;
-    }
+    if (auto c = idle_.Take()) return c;
   }
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   const std::string what = absl::StrFormat("verbs connection to %s:%d", host_, daemon_.port);
@@ -187,7 +183,7 @@ absl::StatusOr<std::unique_ptr<VerbsTransport::Connection>> VerbsTransport::Acqu
 
 void VerbsTransport::ReleaseConnection(std::unique_ptr<Connection> c) {
   absl::MutexLock lock(&mu_);
-  idle_.push_back(std::move(c));
+  idle_.Give(std::move(c));
 }
 
 absl::Status VerbsTransport::RegisterBuffer(void* addr, size_t bytes) {
@@ -199,31 +195,22 @@ absl::Status VerbsTransport::RegisterBuffer(void* addr, size_t bytes) {
   }
   ibv_mr* mr = ibv_reg_mr(pd_, addr, bytes, IBV_ACCESS_LOCAL_WRITE);
   if (mr == nullptr) return absl::ResourceExhaustedError(absl::StrFormat("ibv_reg_mr of %d bytes: %s", bytes, std::strerror(errno)));
-  auto [it, inserted] = registered_.emplace(reinterpret_cast<uintptr_t>(addr), mr);
-  if (!inserted) {
-    ibv_dereg_mr(it->second);
-    it->second = mr;
-  }
+  if (ibv_mr* old = registered_.Put(addr, bytes, mr)) ibv_dereg_mr(old);
   return absl::OkStatus();
 }
 
 absl::Status VerbsTransport::UnregisterBuffer(void* addr) {
   absl::MutexLock lock(&mu_);
   if (pending_.erase(addr) > 0) return absl::OkStatus();
-  auto it = registered_.find(reinterpret_cast<uintptr_t>(addr));
-  if (it == registered_.end()) return absl::NotFoundError(absl::StrFormat("no buffer registered at %p", addr));
-  ibv_dereg_mr(it->second);
-  registered_.erase(it);
+  ibv_mr* mr = registered_.Take(addr);
+  if (mr == nullptr) return absl::NotFoundError(absl::StrFormat("no buffer registered at %p", addr));
+  ibv_dereg_mr(mr);
   return absl::OkStatus();
 }
 
 ibv_mr* VerbsTransport::MrFor(const std::byte* p, size_t len) {
   absl::MutexLock lock(&mu_);
-  const auto at = reinterpret_cast<uintptr_t>(p);
-  auto it = registered_.upper_bound(at);
-  if (it == registered_.begin()) return nullptr;
-  --it;
-  return at + len <= it->first + it->second->length ? it->second : nullptr;
+  return registered_.Covering(p, len);
 }
 
 absl::Status VerbsTransport::Read(absl::Span<const GatherWork> work) {

@@ -19,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "client/transports/rma_registry.h"
 #include "client/transport.h"
 #include "client/rma_plugin.h"
 #include "common/rdma_devices.h"
@@ -50,8 +51,8 @@ class VerbsTransport final : public RmaTransport {
   int64_t timeout_ms_ = 5000;
   absl::Mutex mu_;
   ibv_pd* pd_ ABSL_GUARDED_BY(mu_) = nullptr;  // of the device the first connection resolved to
-  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
-  std::map<uintptr_t, ibv_mr*> registered_ ABSL_GUARDED_BY(mu_);
+  IdleLanes<Connection> idle_ ABSL_GUARDED_BY(mu_);
+  RegisteredBuffers<ibv_mr*> registered_ ABSL_GUARDED_BY(mu_);
   std::map<void*, size_t> pending_ ABSL_GUARDED_BY(mu_);  // registered before the device was known
 };
 
