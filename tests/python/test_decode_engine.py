@@ -3,7 +3,10 @@ accounting that gives each KV mode its batch, the trace calibration, the router 
 reference, and the tiny configuration through the real daemon in both modes, bitwise equal."""
 import json
 import math
+import os
 import random
+import shutil
+import subprocess
 
 import pytest
 
@@ -14,6 +17,7 @@ from sparsekv.bench.model import (DEEPSEEK_V32, TINY, Fp8Codec, calibrate_mix, e
                                   route, route_reference, weight_bytes, weight_specs)
 
 GiB = 1 << 30
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
 def test_cache_entries_have_the_model_sizes():
@@ -139,6 +143,11 @@ def test_tiny_decode_both_modes_bitwise_equal_through_the_daemon(daemon, tmp_pat
         assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and r["card"] == "cpu" and r["mtp"] is False
     check = next(r for r in records if r["kind"] == "check")
     assert check["steps_equal"] == 4
+    # The plot of tokens/s against batch comes from these lines.
+    if shutil.which("gnuplot"):
+        png = tmp_path / "decode.png"
+        subprocess.run([os.path.join(REPO, "bench", "plot_decode.sh"), str(out), str(png)], check=True)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The bench deletes the regions its prefill process wrote (and it appended to) when done.
     import sparsekv
     c = sparsekv.Client(server=daemon.address)
