@@ -228,3 +228,23 @@ def test_a_daemon_killed_mid_batch_gives_false_and_the_next_batch_after_a_restar
         client.close()
         proc.kill()
         proc.wait()
+
+
+def test_a_full_region_limit_evicts_the_oldest_pages_instead_of_refusing():
+    if not os.environ.get("SPARSEKVD"):
+        pytest.skip("SKIPPED: $SPARSEKVD (the daemon to test against) is not set")
+    from conftest import Daemon
+    d = Daemon(extra_args=("--max-regions", "24"))
+    client = sparsekv.Client(server=d.address)
+    storage = SparsekvHiCacheStorage(FakeStorageConfig(), client=client)
+    try:
+        pages = {f"e{i}": torch.full((5000,), i % 251, dtype=torch.uint8) for i in range(40)}
+        for k, v in pages.items():
+            assert storage.set(k, v), k  # never refused: older pages make room
+        assert storage.evicted > 0
+        assert len(client.list(storage.base_prefix)) <= 24
+        assert torch.equal(storage.get("e39"), pages["e39"])  # the newest pages stay
+        assert storage.get("e0") is None  # the oldest went
+    finally:
+        client.close()
+        d.stop()

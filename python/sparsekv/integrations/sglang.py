@@ -138,6 +138,7 @@ class SparsekvHiCacheStorage(_Base):
         self._failures: Dict[tuple, int] = {}
         self._lock = threading.Lock()
         self._metrics = StorageMetrics()
+        self.evicted = 0  # pages this backend deleted to make room
 
     # ---- failures: never raised into SGLang's threads, logged once per kind
     def _failed(self, op: str, error: BaseException) -> None:
@@ -182,7 +183,13 @@ class SparsekvHiCacheStorage(_Base):
             raise sparsekv.InvalidArgument(f"page {key!r}: shape {shape} does not fit the header entry")
         tokens = 1 + (nbytes + ENTRY - 1) // ENTRY
         try:
-            region = self.client.create(self._key(key, pool), layers=1, entry_bytes=ENTRY, capacity_tokens=tokens)
+            try:
+                region = self.client.create(self._key(key, pool), layers=1, entry_bytes=ENTRY, capacity_tokens=tokens)
+            except sparsekv.ResourceExhausted:
+                # A full cache makes room, it does not refuse: the oldest pages of this namespace go.
+                if not self._make_room():
+                    raise
+                region = self.client.create(self._key(key, pool), layers=1, entry_bytes=ENTRY, capacity_tokens=tokens)
         except sparsekv.AlreadyExists:
             return True  # content-addressed: the page is there
         try:
@@ -210,6 +217,22 @@ class SparsekvHiCacheStorage(_Base):
             raise
         finally:
             region.close()
+
+    def _make_room(self, pages: int = 16) -> int:
+        """Deletes the `pages` oldest sealed pages of this namespace (the region limit or the pool
+        is full); how many went."""
+        sealed = [r for r in self.client.list(self.base_prefix) if r.get("sealed")]
+        sealed.sort(key=lambda r: r.get("created_unix_ms", 0))
+        gone = 0
+        for r in sealed[:pages]:
+            try:
+                self.client.delete(r["key"])
+                gone += 1
+            except sparsekv.NotFound:
+                pass
+        with self._lock:
+            self.evicted += gone
+        return gone
 
     def _load(self, key: str, target: Any = None, pool: Any = None):
         """The page, or None on a miss (absent, being written, or stored with another size than
