@@ -175,6 +175,12 @@ absl::StatusOr<std::shared_ptr<Region>> ClusterClient::Create(const RegionSpec& 
     return absl::Status(view.status().code(),
                         absl::StrFormat("cannot place region '%s': %s", spec.key, view.status().message()));
   }
+  if (view->nodes.empty()) {
+    // Not a full cluster: no node has registered under this name (a typo, or none started).
+    return absl::UnavailableError(absl::StrFormat(
+        "cannot place region '%s': no node is registered in cluster '%s' (check the cluster name, and that "
+        "sparsekvd nodes run with this [cluster] url)", spec.key, url_.name));
+  }
   const RegionShape shape{spec.layers, spec.entry_bytes, spec.capacity_tokens};
   auto ranked = RankNodes(spec.key, view->nodes, shape);
   if (ranked.empty()) {
@@ -191,8 +197,7 @@ absl::StatusOr<std::shared_ptr<Region>> ClusterClient::Create(const RegionSpec& 
     }
     return absl::ResourceExhaustedError(absl::StrFormat(
         "cluster '%s': no node can hold region '%s' (%d layers x %d tokens x %d bytes)%s%s", url_.name, spec.key,
-        spec.layers, spec.capacity_tokens, spec.entry_bytes, nodes.empty() ? ": no node is registered" : ": ",
-        absl::StrJoin(nodes, "; ")));
+        spec.layers, spec.capacity_tokens, spec.entry_bytes, ": ", absl::StrJoin(nodes, "; ")));
   }
   absl::Status last;
   for (size_t i = 0; i < ranked.size() && i < 3; ++i) {

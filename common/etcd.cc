@@ -44,6 +44,7 @@ absl::StatusOr<ClusterUrl> ParseClusterUrl(std::string_view url) {
       port = port * 10 + (c - '0');
       if (port > 65535) return bad(absl::StrFormat("endpoint '%s' has a bad port", endpoint));
     }
+    if (port == 0) return bad(absl::StrFormat("endpoint '%s' has port 0, which nothing listens on", endpoint));
     out.endpoints.emplace_back(std::string(endpoint));
   }
   return out;

@@ -452,6 +452,16 @@ TEST_CASE("cluster: a client names a region that never existed and a malformed c
   CHECK(Client::Connect(bad).status().code() == absl::StatusCode::kInvalidArgument);
   bad.cluster = "etcd://127.0.0.1:1/x";  // nothing listens there
   CHECK(Client::Connect(bad).status().code() == absl::StatusCode::kUnavailable);
+  bad.cluster = "etcd://127.0.0.1:0/x";  // a configuration error, not an outage
+  CHECK(Client::Connect(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  // A cluster name no node registered under: the create says so, not "exhausted".
+  ClientOptions typo;
+  typo.cluster = cluster.etcd.Url("tset");
+  auto lonely = Client::Connect(typo);
+  REQUIRE(lonely.ok());
+  auto placed = (*lonely)->Create({"nowhere", 1, 656, 64, 0});
+  CHECK(placed.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(absl::StrContains(placed.status().message(), "no node is registered in cluster 'tset'"));
   // A single-node client is told it is not a cluster client.
   auto direct = cluster.nodes[0]->NewClient();
   CHECK(direct->Nodes().status().code() == absl::StatusCode::kFailedPrecondition);

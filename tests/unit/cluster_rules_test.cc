@@ -30,7 +30,7 @@ TEST_CASE("cluster URLs: endpoints and name, and every malformed form refused wi
   CHECK(url->prefix() == "/sparsekv/prod/");
   CHECK(url->ToString() == "etcd://10.0.0.5:2379,10.0.0.6:2379/prod");
   for (const char* bad : {"http://a:1/x", "etcd://a:1", "etcd://a:1/", "etcd://a/x", "etcd://:1/x", "etcd://a:1x/x",
-                          "etcd://a:70000/x", "etcd://a:1/x/y", "etcd://a:1,,b:2/x"}) {
+                          "etcd://a:70000/x", "etcd://127.0.0.1:0/x", "etcd://a:1/x/y", "etcd://a:1,,b:2/x"}) {
     INFO(bad);
     auto parsed = ParseClusterUrl(bad);
     CHECK(parsed.status().code() == absl::StatusCode::kInvalidArgument);
