@@ -200,7 +200,7 @@ class KvPlan:
 
 def kv_plan(cfg: ModelConfig, mode: str, context: int, headroom: int, hbm_budget: int, host_budget: int = 0,
             capacity: int = 6144, workspace_per_row: int = 0, rows_per_request: int = 1,
-            map_granule: int = 32768) -> KvPlan:
+            map_granule: int = 32768, pool_page_bytes: int = 256 << 10) -> KvPlan:
     """Each mode's largest batch under one HBM budget (the card's memory after weights, the CUDA
     context and the fixed workspace). Per request, HBM holds:
       hbm:      L x T x (latent 656 + indexer key 132)                   (64-token pages)
@@ -208,7 +208,7 @@ def kv_plan(cfg: ModelConfig, mode: str, context: int, headroom: int, hbm_budget
                 cache's bookkeeping (8 B per hot entry, a 4-byte token map per token, rounded
                 up to 32768 tokens, per layer)
     plus workspace_per_row x rows_per_request of activations. sparsekv's batch is also bounded by
-    the host pool (L x T x 656 per request)."""
+    the host pool (per request and layer, T entries padded to 64-byte lines, in whole pool pages)."""
     if mode not in ("hbm", "sparsekv"):
         raise ValueError(f"mode {mode!r}: want 'hbm' or 'sparsekv'")
     L = cfg.layers
@@ -219,7 +219,10 @@ def kv_plan(cfg: ModelConfig, mode: str, context: int, headroom: int, hbm_budget
         host = 0
     else:
         per = keys + L * capacity * (cfg.latent_entry_bytes + 8) + L * round_up(tokens, map_granule) * 4
-        host = L * tokens * cfg.latent_entry_bytes
+        # The pool pads entries to 64-byte lines and holds whole pages of them per layer.
+        stride = round_up(cfg.latent_entry_bytes, 64)
+        per_page = pool_page_bytes // stride
+        host = L * -(-tokens // per_page) * pool_page_bytes
     per += workspace_per_row * rows_per_request
     by_hbm = max(0, hbm_budget // per)
     bound = "hbm"
