@@ -248,3 +248,15 @@ def test_a_full_region_limit_evicts_the_oldest_pages_instead_of_refusing():
     finally:
         client.close()
         d.stop()
+
+
+def test_the_hisparse_host_pool_says_plainly_when_there_is_no_gpu(client):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: tests/gpu/hisparse_driver.py drives the pool on it")
+    if not os.environ.get("SPARSEKV_CUDA_LIBRARY"):
+        pytest.skip("SKIPPED: the CUDA component was not built")
+    if os.environ.get("ASAN_OPTIONS"):
+        pytest.skip("SKIPPED: the CUDA runtime is not loaded under AddressSanitizer")
+    from sparsekv.integrations.hisparse import SparsekvHiSparseHostPool
+    with pytest.raises(sparsekv.FailedPrecondition, match="CUDA device 0 is not present"):
+        SparsekvHiSparseHostPool(client, layers=2)
