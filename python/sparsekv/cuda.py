@@ -15,7 +15,7 @@ import ctypes
 from typing import Any, Dict, List, Optional
 
 from . import _lib
-from . import _check, _Closable, InvalidArgument, Region, Client  # noqa: F401
+from . import _check, _Closable, Internal, InvalidArgument, Region, Client  # noqa: F401
 
 
 def _stream_handle(stream: Any) -> ctypes.c_void_p:
@@ -137,6 +137,26 @@ class ResidencyCache(_Closable):
         ptr = self._lib.skv_cuda_cache_hot_buffer(self._handle, slot, layer)
         return torch.as_tensor(_CudaArray(ptr, (self.capacity, self.batch.entry_bytes), "|u1"),
                                device=f"cuda:{self.batch.device}")
+
+    def hot_entries(self):
+        """Every hot buffer as one uint8 CUDA tensor [max_slots x layers x capacity, entry_bytes]
+        (a view): entry i of (slot, layer) is row (slot x layers + layer) x capacity + i, the
+        row :meth:`locations` gives; a sparse attention kernel reads entries there."""
+        import torch
+        b = self.batch
+        first = self._lib.skv_cuda_cache_hot_buffer(self._handle, 0, 0)
+        last = self._lib.skv_cuda_cache_hot_buffer(self._handle, b.max_slots - 1, b.layers - 1)
+        rows = b.max_slots * b.layers * self.capacity
+        if last != first + (rows - self.capacity) * b.entry_bytes:
+            raise Internal("the residency cache's hot buffers are not one [slot][layer][entry] array")
+        return torch.as_tensor(_CudaArray(first, (rows, b.entry_bytes), "|u1"), device=f"cuda:{b.device}")
+
+    def locations(self, layer: int, hot_slots: Any, row_slots: Any):
+        """The rows of :meth:`hot_entries` that a lookup's hot-buffer slots ([batch, k] int32, row r
+        of slot row_slots[r]) name; -1 (padding) stays -1."""
+        import torch
+        base = (row_slots.to(torch.int64) * self.batch.layers + layer) * self.capacity
+        return torch.where(hot_slots >= 0, hot_slots + base[:, None].to(torch.int32), hot_slots)
 
     def release_slot(self, slot: int, stream: Any = None) -> None:
         _check(self._lib.skv_cuda_cache_release_slot(self._handle, _stream_handle(stream), slot))

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
 
 
 class Daemon:
-    def __init__(self, pool_size="64MiB", lease_ms=10000, extra_args=()):
+    def __init__(self, pool_size="64MiB", lease_ms=10000, extra_args=(), port=0):
         binary = os.environ.get("SPARSEKVD")
         if not binary:
             pytest.skip("SKIPPED: $SPARSEKVD (the daemon to test against) is not set")
@@ -23,7 +23,7 @@ class Daemon:
         ready = os.path.join(self.dir, "ready.json")
         self.log = open(os.path.join(self.dir, "sparsekvd.log"), "w")
         self.proc = subprocess.Popen(
-            [binary, "--listen", "127.0.0.1:0", "--pool-size", pool_size, "--runtime-dir", self.dir,
+            [binary, "--listen", f"127.0.0.1:{port}", "--pool-size", pool_size, "--runtime-dir", self.dir,
              "--ready-file", ready, "--metrics-listen", "127.0.0.1:0", "--lease-ms", str(lease_ms),
              "--reap-interval-ms", str(min(100, lease_ms // 4)), *extra_args],
             stderr=self.log, stdout=self.log)

@@ -85,8 +85,6 @@ def test_zero_copy_v1_against_the_host_pool(storage):
 import dataclasses  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
@@ -183,32 +181,17 @@ def test_bad_calls_return_failure_values_instead_of_raising(storage):
     assert storage.batch_get_v2([PoolTransfer("nsa", dsa_indices([0]), keys=["x"])]) == {"nsa": [False]}
 
 
-def _start_daemon(port, workdir):
-    ready = os.path.join(workdir, f"ready-{time.time_ns()}.json")
-    log = open(os.path.join(workdir, "sparsekvd.log"), "a")
-    proc = subprocess.Popen([os.environ["SPARSEKVD"], "--listen", f"127.0.0.1:{port}", "--pool-size", "64MiB",
-                             "--runtime-dir", workdir, "--ready-file", ready], stdout=log, stderr=log)
-    deadline = time.time() + 30
-    while not os.path.exists(ready):
-        assert proc.poll() is None and time.time() < deadline, open(log.name).read()
-        time.sleep(0.02)
-    import json
-    return proc, json.load(open(ready))["port"]
-
-
 def test_a_daemon_killed_mid_batch_gives_false_and_the_next_batch_after_a_restart_works():
-    if not os.environ.get("SPARSEKVD"):
-        pytest.skip("SKIPPED: $SPARSEKVD (the daemon to test against) is not set")
-    workdir = tempfile.mkdtemp(prefix="sparsekv-sglang-")
-    proc, port = _start_daemon(0, workdir)
-    client = sparsekv.Client(server=f"127.0.0.1:{port}", rpc_timeout_ms=1500)
+    from conftest import Daemon
+    daemon = Daemon()
+    client = sparsekv.Client(server=daemon.address, rpc_timeout_ms=1500)
     storage = SparsekvHiCacheStorage(FakeStorageConfig(), client=client)
     pool = FakeMLAHostPool(pages=4)
     storage.register_mem_pool_host(pool)
     try:
         assert storage.batch_set_v1(["a", "b"], dsa_indices([0, 1])) == [True, True]
-        proc.send_signal(signal.SIGKILL)  # mid-run: the next batch meets a dead daemon
-        proc.wait()
+        daemon.proc.send_signal(signal.SIGKILL)  # mid-run: the next batch meets a dead daemon
+        daemon.proc.wait()
         t0 = time.time()
         assert storage.batch_set_v1(["c", "d"], dsa_indices([2, 3])) == [False, False]
         assert storage.batch_get_v1(["a", "b"], dsa_indices([2, 3])) == [False, False]
@@ -216,7 +199,8 @@ def test_a_daemon_killed_mid_batch_gives_false_and_the_next_batch_after_a_restar
         assert storage.batch_exists_v2(["a"]).kv_hit_pages == 0
         assert time.time() - t0 < 60
         assert storage.failure_counts()  # logged (once per kind), counted
-        proc, _ = _start_daemon(port, workdir)  # restarted on the same address (an empty pool)
+        daemon.stop()
+        daemon = Daemon(port=daemon.port)  # restarted on the same address (an empty pool)
         deadline = time.time() + 20
         while storage.batch_set_v1(["c"], dsa_indices([2])) != [True]:
             assert time.time() < deadline, "no batch succeeded after the restart"
@@ -226,8 +210,7 @@ def test_a_daemon_killed_mid_batch_gives_false_and_the_next_batch_after_a_restar
         assert storage.batch_get_v1(["c"], dsa_indices([0])) == [True] and torch.equal(pool.buffer[0], want)
     finally:
         client.close()
-        proc.kill()
-        proc.wait()
+        daemon.stop()
 
 
 def test_a_full_region_limit_evicts_the_oldest_pages_instead_of_refusing():

@@ -315,10 +315,7 @@ class Runner:
             if self.cuda:
                 ev0, ev1 = t.cuda.Event(True), t.cuda.Event(True)
                 ev0.record()
-            if dec.graph is not None:
-                dec.graph.replay()
-            else:
-                dec.step_body()
+            dec.run_body()
             if self.cuda:
                 ev1.record()
             t1 = time.perf_counter()

@@ -75,31 +75,33 @@ class CpuOps:
         M, K = x.shape
         xb = x.float().reshape(M, K // QUANT_BLOCK, QUANT_BLOCK)
         s = xb.abs().amax(-1).clamp(min=1e-4) / 448.0
-        codes = self.codec.encode(xb / s[..., None]).reshape(M, K)
-        return codes, s
+        return self.encode(xb / s[..., None]).reshape(M, K), s
 
     def linear(self, xq, xs, w: Fp8Weight):
         M, K = xq.shape
         x = (self.codec.decode(xq).reshape(M, K // QUANT_BLOCK, QUANT_BLOCK) * xs[..., None]).reshape(M, K)
         return x @ w.dense.T
 
-    def quant_rows(self, x):
-        """x [..., 128] -> (codes uint8 [..., 128], scale [...]) one block per row."""
-        s = x.float().abs().amax(-1).clamp(min=1e-4) / 448.0
-        return self.codec.encode(x.float() / s[..., None]), s
-
-    def dequant_rows(self, codes, s):
-        return self.codec.decode(codes) * s[..., None]
+    def encode(self, x):
+        """e4m3 codes of values already scaled into range, in this backend's code dtype."""
+        return self.codec.encode(x)
 
     def to_bits(self, codes):
+        """The codes as uint8 bytes."""
         return codes
 
+    def quant_rows(self, x):
+        """x [..., 128] -> (codes [..., 128], scale [...]) one block per row."""
+        s = x.float().abs().amax(-1).clamp(min=1e-4) / 448.0
+        return self.encode(x.float() / s[..., None]), s
+
     def quant_latent(self, c, rope):
+        """The new token's latent entry in FlashMLA's FP8 layout: uint8 [R, 656]."""
         t = self.t
         R, DL = c.shape
         tiles = c.float().reshape(R, DL // QUANT_BLOCK, QUANT_BLOCK)
         s = tiles.abs().amax(-1).clamp(min=1e-4) / 448.0
-        codes = self.codec.encode(tiles / s[..., None]).reshape(R, DL)
+        codes = self.to_bits(self.encode(tiles / s[..., None])).reshape(R, DL)
         rope_bits = rope.to(t.bfloat16).contiguous().view(t.uint8).reshape(R, -1)
         return t.cat([codes, s.contiguous().view(t.uint8).reshape(R, -1), rope_bits], dim=1)
 
@@ -228,23 +230,11 @@ class CudaOps(CpuOps):
             out = out[:M]
         return out[:, :w.n] if w.codes.shape[0] != w.n else out
 
-    def quant_rows(self, x):
-        s = x.float().abs().amax(-1).clamp(min=1e-4) / 448.0
-        return (x.float() / s[..., None]).to(self.f8), s
-
-    def dequant_rows(self, codes, s):
-        return codes.float() * s[..., None]
+    def encode(self, x):
+        return x.to(self.f8)
 
     def to_bits(self, codes):
         return codes.view(self.t.uint8)
-
-    def quant_latent(self, c, rope):
-        t = self.t
-        R, DL = c.shape
-        tiles = c.float().view(R, DL // QUANT_BLOCK, QUANT_BLOCK)
-        s = tiles.abs().amax(-1).clamp(min=1e-4) / 448.0
-        codes = (tiles / s[..., None]).to(self.f8).view(t.uint8).view(R, DL)
-        return t.cat([codes, s.view(t.uint8).view(R, -1), rope.to(t.bfloat16).contiguous().view(t.uint8)], dim=1)
 
     def indexer(self, q8, w, keys: "KeyCache", layer, row_req, row_len, out):
         return self.kernels.indexer_logits(q8.view(self.t.uint8), w, keys.pool, layer, keys.page_table, row_req,
@@ -490,13 +480,7 @@ class SparsekvLatent:
             for b, r in enumerate(regions):
                 self.batch.bind(b, r)
             self.cache = skv_cuda.ResidencyCache(self.batch, capacity=capacity, max_k=cfg.index_topk, max_batch=B)
-            base = self.cache.hot_buffer(0, 0).data_ptr()
-            last = self.cache.hot_buffer(B - 1, cfg.layers - 1).data_ptr()
-            expect = base + ((B - 1) * cfg.layers + cfg.layers - 1) * capacity * cfg.latent_entry_bytes
-            if last != expect:
-                raise RuntimeError("the residency cache's hot buffers are not one [slot][layer][entry] array")
-            self.hot = torch.as_tensor(skv_cuda._CudaArray(base, (B * cfg.layers * capacity, cfg.latent_entry_bytes),
-                                                           "|u1"), device=device)
+            self.hot = self.cache.hot_entries()
 
     def close(self):
         if self.cache is not None:
@@ -530,16 +514,13 @@ class SparsekvLatent:
             decoder.attention_pool = decoder.fetched
             return t.arange(decoder.R * k, dtype=t.int32).view(decoder.R, k)
         q = decoder.q
-        L, cap = self.cfg.layers, self.capacity
         rows = topk.view(decoder.B, q, -1)
         for j in range(q):
             out = decoder.hot_slots.view(decoder.B, q, -1)[:, j]
             slots = self.cache.lookup(layer, rows[:, j].contiguous(), decoder.slot_rows[j])
             out.copy_(slots)
         decoder.attention_pool = self.hot
-        hs = decoder.hot_slots
-        base = (decoder.row_req_long * L + layer) * cap
-        return t.where(hs >= 0, hs + base[:, None].to(t.int32), hs)
+        return self.cache.locations(layer, decoder.hot_slots, decoder.row_req)
 
     def append(self, decoder, layer, entries):
         decoder.staging[:, layer] = entries.view(decoder.B, decoder.q, -1)
@@ -778,15 +759,16 @@ class Decoder:
     # one step, eager or replayed
     def step(self):
         self.latent.pre_step(self)
+        self.run_body()
+        self.latent.post_step(self)
+        self.recording = False  # the first step recorded the trace anchors
+
+    def run_body(self):
+        """The step's device work: the captured graph when there is one, else eagerly."""
         if self.graph is not None:
             self.graph.replay()
         else:
             self.step_body()
-        self.latent.post_step(self)
-        self.trace_done_recording()
-
-    def trace_done_recording(self):
-        self.recording = False
 
     def capture(self):
         """Captures step_body() in a CUDA graph (after one eager step has compiled the kernels)."""

@@ -34,17 +34,13 @@ class SparsekvHiSparseHostPool:
 
     def __init__(self, client: sparsekv.Client, layers: int, entry_bytes: int = 656, max_requests: int = 64,
                  hot_entries: int = 6144, top_k: int = 2048, max_tokens: int = 131072, device: int = 0):
-        self.layers, self.entry_bytes, self.hot = layers, entry_bytes, hot_entries
+        self.layers, self.entry_bytes = layers, entry_bytes
         self.batch = skv_cuda.DeviceBatch(client, layers, entry_bytes, max_slots=max_requests, max_tokens=max_tokens,
                                           device=device)
         self.cache = skv_cuda.ResidencyCache(self.batch, capacity=hot_entries, max_k=top_k, max_batch=max_requests)
         self.device = device
         self.regions: Dict[int, sparsekv.Region] = {}
-        import torch
-        base = self.cache.hot_buffer(0, 0).data_ptr()
-        total = max_requests * layers * hot_entries
-        self.hot_entries = torch.as_tensor(skv_cuda._CudaArray(base, (total, entry_bytes), "|u1"),
-                                           device=f"cuda:{device}")
+        self.hot_entries = self.cache.hot_entries()
 
     def close(self) -> None:
         self.cache.close()
@@ -74,9 +70,7 @@ class SparsekvHiSparseHostPool:
         lens = torch.as_tensor(seq_lens, device=dev).view(-1, 1)
         topk = torch.as_tensor(topk_indices, device=dev)
         topk = torch.where((topk >= 0) & (topk < lens), topk, torch.full_like(topk, -1)).to(torch.int32).contiguous()
-        hot = self.cache.lookup(layer_id, topk, slots)
-        base = (slots.to(torch.int64) * self.layers + layer_id) * self.hot
-        return torch.where(hot >= 0, hot + base[:, None].to(torch.int32), hot)
+        return self.cache.locations(layer_id, self.cache.lookup(layer_id, topk, slots), slots)
 
     def backup(self, req_pool_index: int, entries: Any, tokens: int = 1) -> None:
         """Appends a request's new tokens ([layers][tokens][entry] bytes, host memory) to its region."""

@@ -305,10 +305,10 @@ class SparsekvHiCacheStorage(_Base):
         model gets other keys."""
         try:
             page = host_pool.get_dummy_flat_data_page()
-            dtype = str(getattr(page, "dtype", "uint8")).replace("torch.", "")
-            return f"{dtype}-{page.numel() * page.element_size()}B/"
         except Exception:  # noqa: BLE001 - a pool without the page methods keeps the base namespace
             return ""
+        dtype = str(getattr(page, "dtype", "uint8")).replace("torch.", "")
+        return f"{dtype}-{page.numel() * page.element_size()}B/"
 
     def get(self, key: str, target_location: Optional[Any] = None, target_sizes: Optional[Any] = None):
         return self._guard("get", lambda: self._load(key, target_location), None)
@@ -341,10 +341,6 @@ class SparsekvHiCacheStorage(_Base):
                 return i
         return len(keys)
 
-    def _page_index(self, host_indices, i: int, pool=None) -> int:
-        page = getattr(pool if pool is not None else self.mem_pool_host, "page_size", 1) or 1
-        return _scalar(host_indices[i * page])
-
     def _read_page(self, key: str, pool_name: Any, host_pool, page_offset: int) -> bool:
         page = self._load(key, host_pool.get_dummy_flat_data_page(), pool_name)
         if page is None:
@@ -370,12 +366,6 @@ class SparsekvHiCacheStorage(_Base):
                                                              _scalar(host_indices[i * page])), False))
                 for i, key in enumerate(keys)]
 
-    def _timed(self, kind: str, keys_bytes: Callable[[List[bool]], int], fn: Callable[[], List[bool]]) -> List[bool]:
-        t0 = time.perf_counter()
-        ok = fn()
-        self._record(kind, sum(ok), keys_bytes(ok), time.perf_counter() - t0)
-        return ok
-
     def _page_bytes(self, host_pool) -> int:
         try:
             page = host_pool.get_dummy_flat_data_page()
@@ -384,18 +374,16 @@ class SparsekvHiCacheStorage(_Base):
             return 0
 
     def batch_get_v1(self, keys: List[str], host_indices: Any, extra_info: Any = None) -> List[bool]:
-        pool = self.mem_pool_host
-        return self._guard("batch_get_v1", lambda: self._timed(
-            "prefetch", lambda ok: sum(ok) * self._page_bytes(pool),
-            lambda: self._pages("batch_get_v1", keys, pool, host_indices, None, self._read_page)),
-            lambda: [False] * len(keys))
+        parts = [("kv", keys, host_indices, self.mem_pool_host)]
+        return self._guard("batch_get_v1", lambda: self._transfers("batch_get_v1", "prefetch", parts,
+                                                                   self._read_page)["kv"],
+                           lambda: [False] * len(keys))
 
     def batch_set_v1(self, keys: List[str], host_indices: Any, extra_info: Any = None) -> List[bool]:
-        pool = self.mem_pool_host
-        return self._guard("batch_set_v1", lambda: self._timed(
-            "backup", lambda ok: sum(ok) * self._page_bytes(pool),
-            lambda: self._pages("batch_set_v1", keys, pool, host_indices, None, self._write_page)),
-            lambda: [False] * len(keys))
+        parts = [("kv", keys, host_indices, self.mem_pool_host)]
+        return self._guard("batch_set_v1", lambda: self._transfers("batch_set_v1", "backup", parts,
+                                                                   self._write_page)["kv"],
+                           lambda: [False] * len(keys))
 
     # ---- v2: several pools (KV, DSA's indexer pool, ...) per key
     def batch_exists_v2(self, keys: List[str], pool_transfers: Optional[List[Any]] = None,
@@ -420,15 +408,19 @@ class SparsekvHiCacheStorage(_Base):
             return PoolTransferResult(final, hit)
         return self._guard("batch_exists_v2", run, lambda: PoolTransferResult(0, {}))
 
-    def _transfers(self, op: str, kind: str, transfers: List[Any], io) -> Dict[str, List[bool]]:
+    def _parts(self, transfers: List[Any]):
+        """(pool name, keys, host indices, host pool) of each of SGLang's PoolTransfers."""
+        return [(_pool_key(t.name), list(t.keys or []), t.host_indices if t.host_indices is not None else [],
+                 self.registered_pools.get(_pool_key(t.name)) or
+                 (self.mem_pool_host if _pool_key(t.name) == "kv" else None)) for t in transfers or []]
+
+    def _transfers(self, op: str, kind: str, parts, io) -> Dict[str, List[bool]]:
+        """Moves every page of every part, each page guarded; records the call in the metrics."""
         results: Dict[str, List[bool]] = {}
         t0 = time.perf_counter()
         moved_pages = moved_bytes = 0
-        for t in transfers or []:
-            name = _pool_key(t.name)
-            keys = list(t.keys or [])
-            pool = self.registered_pools.get(name) or (self.mem_pool_host if name == "kv" else None)
-            ok = self._pages(op, keys, pool, t.host_indices if t.host_indices is not None else [], name, io)
+        for name, keys, host_indices, pool in parts:
+            ok = self._pages(op, keys, pool, host_indices, name, io)
             results[name] = ok
             moved_pages += sum(ok) if name == "kv" else 0
             moved_bytes += sum(ok) * (self._page_bytes(pool) if pool is not None else 0)
@@ -436,12 +428,12 @@ class SparsekvHiCacheStorage(_Base):
         return results
 
     def batch_get_v2(self, transfers: List[Any], extra_info: Any = None) -> Dict[str, List[bool]]:
-        return self._guard("batch_get_v2", lambda: self._transfers("batch_get_v2", "prefetch", transfers,
+        return self._guard("batch_get_v2", lambda: self._transfers("batch_get_v2", "prefetch", self._parts(transfers),
                                                                    self._read_page),
                            lambda: {_pool_key(t.name): [False] * len(t.keys or []) for t in transfers or []})
 
     def batch_set_v2(self, transfers: List[Any], extra_info: Any = None) -> Dict[str, List[bool]]:
-        return self._guard("batch_set_v2", lambda: self._transfers("batch_set_v2", "backup", transfers,
+        return self._guard("batch_set_v2", lambda: self._transfers("batch_set_v2", "backup", self._parts(transfers),
                                                                    self._write_page),
                            lambda: {_pool_key(t.name): [False] * len(t.keys or []) for t in transfers or []})
 
