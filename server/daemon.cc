@@ -123,12 +123,7 @@ int Daemon::Main(int argc, char** argv) {
                config.limits.max_entry_bytes, config.limits.max_capacity_tokens);
   d.StartReaper();
   if (int code = d.WriteReady(); code != 0) {
-    {
-      std::lock_guard lock(d.reaper_mu_);
-      d.stopping_ = true;
-    }
-    d.reaper_cv_.notify_all();
-    d.reaper_.join();
+    d.StopReaper();
     d.server_->Shutdown();
     return code;
   }
@@ -154,6 +149,15 @@ void Daemon::StartReaper() {
       lock.lock();
     }
   });
+}
+
+void Daemon::StopReaper() {
+  {
+    std::lock_guard lock(reaper_mu_);
+    stopping_ = true;
+  }
+  reaper_cv_.notify_all();
+  reaper_.join();
 }
 
 int Daemon::WriteReady() {
@@ -195,12 +199,7 @@ void Daemon::Shutdown() {
     table_->SetObserver(nullptr);
     cluster_.reset();  // leaves the cluster: its record goes at once
   }
-  {
-    std::lock_guard lock(reaper_mu_);
-    stopping_ = true;
-  }
-  reaper_cv_.notify_all();
-  reaper_.join();
+  StopReaper();
   gather_.reset();
   fabric_.reset();
   verbs_.reset();

@@ -66,6 +66,7 @@ class Daemon {
   void RegisterInCluster();   // daemon_control.cc
   int StartMetrics();         // daemon_control.cc
   void StartReaper();
+  void StopReaper();
   int WriteReady();
   void Serve();
   void Shutdown();
